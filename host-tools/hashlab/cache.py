@@ -1,0 +1,90 @@
+"""Content-keyed build cache.
+
+An entry is a directory ``<cache>/<kind>/<key>`` where the key is a hash of every input
+that decides the output (source version, patch files, config, tool versions).  An entry
+is complete only once its ``.done`` stamp exists, so an interrupted build is never
+mistaken for a finished one; it is rebuilt into a fresh temp directory and renamed into
+place atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from .paths import cache_root
+
+
+class InputKey:
+    """Accumulates named inputs and digests them; ``describe()`` says what went in."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._h = hashlib.sha256()
+        self._parts: list[tuple[str, str]] = []
+
+    def add_text(self, name: str, text: str) -> "InputKey":
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        self._h.update(f"{name}\0{digest}\0".encode())
+        self._parts.append((name, digest[:16]))
+        return self
+
+    def add_file(self, path: Path, name: str | None = None) -> "InputKey":
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        name = name or Path(path).name
+        self._h.update(f"{name}\0{digest}\0".encode())
+        self._parts.append((name, digest[:16]))
+        return self
+
+    def add_files(self, paths: Iterable[Path], prefix: str = "") -> "InputKey":
+        for p in sorted(paths):
+            self.add_file(p, prefix + Path(p).name)
+        return self
+
+    @property
+    def key(self) -> str:
+        return self._h.hexdigest()[:20]
+
+    def describe(self) -> list[tuple[str, str]]:
+        return list(self._parts)
+
+
+class CacheEntry:
+    def __init__(self, ikey: InputKey, root: Path | None = None):
+        self.ikey = ikey
+        self.path = (root or cache_root()) / ikey.kind / ikey.key
+
+    @property
+    def done(self) -> bool:
+        return (self.path / ".done").exists()
+
+    def meta(self) -> dict:
+        return json.loads((self.path / ".done").read_text())
+
+    @contextmanager
+    def fill(self) -> Iterator[Path]:
+        """Yield a temp dir to build into; on success it becomes the entry."""
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        t0 = time.monotonic()
+        try:
+            yield tmp
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        meta = {
+            "kind": self.ikey.kind,
+            "key": self.ikey.key,
+            "inputs": self.ikey.describe(),
+            "build_seconds": round(time.monotonic() - t0, 1),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        (tmp / ".done").write_text(json.dumps(meta, indent=1) + "\n")
+        shutil.rmtree(self.path, ignore_errors=True)
+        tmp.rename(self.path)

@@ -1,0 +1,53 @@
+"""The `hashlab` command: a thin CLI over the mechanism modules.
+
+Each command module exposes ``register(subparsers)`` which adds its sub-command and
+sets ``func`` on the parser; ``func(args)`` returns the exit status.  Modules are
+imported lazily by name so that a broken optional part (say, the lab) never stops
+``hashlab corpus`` from working.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import HashlabError
+
+# Module (relative to the package) -> what it provides.  Order is the help order.
+COMMAND_MODULES = [
+    "commands.oracle",  # corpus, expect
+    "commands.run",  # run SCENARIO.yaml
+    "commands.build",  # build kernel|qemu|guest
+    "commands.lab",  # lab [--] CMD
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hashlab",
+        description="virtio-net hash reporting lab: oracle, corpus, VMs, builds.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        mod = importlib.import_module(f"{__package__}.{name}")
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except HashlabError as e:
+        print(f"hashlab: error: {e}", file=sys.stderr)
+        return e.exit_status
+    except KeyboardInterrupt:
+        print("hashlab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

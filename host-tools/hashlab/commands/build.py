@@ -1,0 +1,5 @@
+"""Placeholder: the 'build' command group is not implemented yet."""
+
+
+def register(sub):
+    pass
