@@ -1,0 +1,712 @@
+"""The spec oracle: virtio-net RSS / hash report, in pure Python (no I/O).
+
+What a virtio-net device *should* report for a received Ethernet frame: the Toeplitz
+hash, the hash report type, and the RSS queue.  Follows virtio 1.3 §5.1.6.4.3 (see
+``/work/shared/reference/virtio-net-hash.md`` §1, §2) and can also model the two QEMU
+implementations, whose differences are kept as small named branches (see
+:func:`hash_packet`).
+
+Public API
+----------
+``HashType``, ``Report``, ``type_for_report``, ``report_for_type``, ``ALL_TYPES``,
+``LINUX_GUEST_TYPES``, ``MS_KEY``, ``BEHAVIOURS``, ``toeplitz``, ``parse_hash_types``,
+``hash_type_names``, ``parse_key``, ``parse_ethtool_x``, ``FrameInfo``, ``parse_frame``,
+``hash_input``, ``hash_packet``, ``select_queue``, ``RssConfig``, ``Expectation``.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import re
+import struct
+from dataclasses import dataclass, field
+
+__all__ = [
+    "HashType",
+    "Report",
+    "type_for_report",
+    "report_for_type",
+    "ALL_TYPES",
+    "LINUX_GUEST_TYPES",
+    "MS_KEY",
+    "BEHAVIOURS",
+    "toeplitz",
+    "parse_hash_types",
+    "hash_type_names",
+    "parse_key",
+    "parse_ethtool_x",
+    "FrameInfo",
+    "parse_frame",
+    "hash_input",
+    "hash_packet",
+    "select_queue",
+    "RssConfig",
+    "Expectation",
+]
+
+
+# --------------------------------------------------------------------------- constants
+
+
+class HashType(enum.IntFlag):
+    """``VIRTIO_NET_RSS_HASH_TYPE_*``: the bitmask of enabled hash types."""
+
+    IPv4 = 1 << 0
+    TCPv4 = 1 << 1
+    UDPv4 = 1 << 2
+    IPv6 = 1 << 3
+    TCPv6 = 1 << 4
+    UDPv6 = 1 << 5
+    IPv6_EX = 1 << 6
+    TCPv6_EX = 1 << 7
+    UDPv6_EX = 1 << 8
+
+
+class Report(enum.IntEnum):
+    """``VIRTIO_NET_HASH_REPORT_*``: the type the device reports with a hash."""
+
+    NONE = 0
+    IPv4 = 1
+    TCPv4 = 2
+    UDPv4 = 3
+    IPv6 = 4
+    TCPv6 = 5
+    UDPv6 = 6
+    IPv6_EX = 7
+    TCPv6_EX = 8
+    UDPv6_EX = 9
+
+    @property
+    def is_l4(self) -> bool:
+        """True for TCP/UDP reports: the Linux guest marks the skb ``l4_hash``."""
+        return self in _L4_REPORTS
+
+
+_L4_REPORTS = frozenset(
+    {Report.TCPv4, Report.UDPv4, Report.TCPv6, Report.UDPv6, Report.TCPv6_EX, Report.UDPv6_EX}
+)
+
+
+def type_for_report(report: int) -> HashType:
+    """The hash-type bit of a report value (``TYPE_X == 1 << (REPORT_X - 1)``)."""
+    report = Report(report)
+    if report == Report.NONE:
+        raise ValueError("Report.NONE has no hash type")
+    return HashType(1 << (report - 1))
+
+
+def report_for_type(hash_type: int) -> Report:
+    """The report value of a single hash-type bit."""
+    t = int(hash_type)
+    if t <= 0 or t & (t - 1) or t > int(HashType.UDPv6_EX):
+        raise ValueError(f"not a single hash type bit: {t:#x}")
+    return Report(t.bit_length())
+
+
+ALL_TYPES: int = int(functools.reduce(lambda a, b: a | b, HashType))
+"""Every hash type (0x1ff)."""
+
+LINUX_GUEST_TYPES: int = ALL_TYPES & ~int(HashType.IPv6_EX | HashType.TCPv6_EX | HashType.UDPv6_EX)
+"""What the Linux virtio_net driver enables at most: everything but the _EX types (0x3f)."""
+
+MS_KEY: bytes = bytes.fromhex(
+    "6d5a56da255b0ec24167253d43a38fb0d0ca2bcbae7b30b477cb2da38030f20c6a42b73bbeac01fa"
+)
+"""The 40-byte Microsoft verification key (also Linux's and QEMU's usual default)."""
+
+BEHAVIOURS = ("spec", "qemu-software", "qemu-ebpf")
+
+
+def is_l4_report(report: int) -> bool:
+    """True for TCP/UDP reports (``Report(report).is_l4``)."""
+    return Report(report).is_l4
+
+
+# --------------------------------------------------------------------------- Toeplitz
+
+
+@functools.lru_cache(maxsize=32)
+def _toeplitz_tables(key: bytes) -> tuple[tuple[int, ...], ...]:
+    """Per input byte position i, the hash contribution of each of the 256 byte values.
+
+    The contribution of input bit j (MSB of byte 0 is j = 0) is the 32-bit key window
+    starting at key bit j; a byte's contribution is the XOR of its set bits' windows.
+    """
+    nbits = len(key) * 8
+    k = int.from_bytes(key, "big")
+    tables = []
+    for i in range(len(key) - 4 + 1):
+        windows = [(k >> (nbits - 32 - (8 * i + b))) & 0xFFFFFFFF for b in range(8)]
+        # windows[b] belongs to bit (7 - b) of the byte (b = 0 is the MSB).
+        table = [0] * 256
+        for v in range(1, 256):
+            low = v & -v  # lowest set bit
+            b = 7 - (low.bit_length() - 1)
+            table[v] = table[v ^ low] ^ windows[b]
+        tables.append(tuple(table))
+    return tuple(tables)
+
+
+def toeplitz(key: bytes, data: bytes) -> int:
+    """Microsoft's Toeplitz hash of ``data`` under ``key`` (a 32-bit int).
+
+    For each input bit, most significant bit of byte 0 first: if the bit is 1, XOR the
+    left-most 32 bits of the (shifted) key into the result; then shift the key left by one.
+    The key must hold at least ``len(data) + 4`` bytes.
+    """
+    key = bytes(key)
+    data = bytes(data)
+    if len(key) < len(data) + 4:
+        raise ValueError(
+            f"Toeplitz key of {len(key)} bytes is too short for {len(data)} bytes of input "
+            f"(needs at least {len(data) + 4})"
+        )
+    tables = _toeplitz_tables(key)
+    result = 0
+    for i, byte in enumerate(data):
+        result ^= tables[i][byte]
+    return result
+
+
+# --------------------------------------------------------------------------- parsers
+
+_TYPE_NAMES: dict[str, int] = {
+    "ipv4": HashType.IPv4,
+    "tcpv4": HashType.TCPv4,
+    "udpv4": HashType.UDPv4,
+    "ipv6": HashType.IPv6,
+    "tcpv6": HashType.TCPv6,
+    "udpv6": HashType.UDPv6,
+    "ipv6_ex": HashType.IPv6_EX,
+    "tcpv6_ex": HashType.TCPv6_EX,
+    "udpv6_ex": HashType.UDPv6_EX,
+    # aliases (the Linux/virtio spec names)
+    "ip_ex": HashType.IPv6_EX,
+    "tcp_ex": HashType.TCPv6_EX,
+    "udp_ex": HashType.UDPv6_EX,
+}
+_SET_NAMES: dict[str, int] = {"all": ALL_TYPES, "linux": LINUX_GUEST_TYPES, "none": 0}
+_VALID_NAMES_TEXT = ", ".join(list(_TYPE_NAMES) + list(_SET_NAMES)) + ", or an integer"
+
+
+def parse_hash_types(spec: str) -> int:
+    """Parse a hash-type list: ``"tcpv4,udpv4"``, ``"all"``, ``"linux"``, ``"none"``, ``"0x3f"``.
+
+    Comma-separated, case-insensitive; tokens are OR-ed together.  Names: ipv4, tcpv4,
+    udpv4, ipv6, tcpv6, udpv6, ipv6_ex, tcpv6_ex, udpv6_ex (aliases ip_ex, tcp_ex,
+    udp_ex); sets: all (0x1ff), linux (0x3f, the guest's set), none (0); or a hex
+    (``0x...``) / decimal integer.  Raises ``ValueError`` naming an unknown token.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"empty hash type list; valid: {_VALID_NAMES_TEXT}")
+    result = 0
+    for raw in spec.split(","):
+        token = raw.strip().lower()
+        if not token:
+            raise ValueError(f"empty name in hash type list {spec!r}; valid: {_VALID_NAMES_TEXT}")
+        if token in _TYPE_NAMES:
+            result |= int(_TYPE_NAMES[token])
+        elif token in _SET_NAMES:
+            result |= _SET_NAMES[token]
+        elif re.fullmatch(r"0x[0-9a-f]+|[0-9]+", token):
+            value = int(token, 0) if token.startswith("0x") else int(token, 10)
+            if value & ~ALL_TYPES:
+                raise ValueError(
+                    f"hash type value {value:#x} has unknown bits {value & ~ALL_TYPES:#x} "
+                    f"(valid bits: {ALL_TYPES:#x})"
+                )
+            result |= value
+        else:
+            raise ValueError(f"unknown hash type {raw.strip()!r}; valid: {_VALID_NAMES_TEXT}")
+    return result
+
+
+def hash_type_names(types: int) -> str:
+    """The canonical comma-separated names of a hash-type mask (``"none"`` for 0)."""
+    names = [t.name for t in HashType if int(types) & int(t)]
+    return ",".join(n.lower() for n in names) if names else "none"
+
+
+def parse_key(text: str) -> bytes:
+    """Parse a hash key written in hex: ``6d5a56...`` or ethtool-style ``6d:5a:56:...``.
+
+    Whitespace around is ignored, an optional ``0x`` prefix is accepted.  With colons,
+    every group must be exactly two hex digits.  The key must be 1..255 bytes
+    (``hash_key_length`` is a u8).  Raises ``ValueError`` otherwise.
+    """
+    if not isinstance(text, str):
+        raise ValueError("hash key must be a hex string")
+    t = text.strip()
+    if t.lower().startswith("0x"):
+        t = t[2:]
+    if ":" in t:
+        groups = t.split(":")
+        bad = [g for g in groups if not re.fullmatch(r"[0-9a-fA-F]{2}", g)]
+        if bad:
+            raise ValueError(
+                f"bad hash key: {bad[0]!r} is not a two-digit hex byte "
+                "(expected e.g. 6d:5a:56:... or 6d5a56...)"
+            )
+        hexdigits = "".join(groups)
+    else:
+        hexdigits = t
+        if not re.fullmatch(r"[0-9a-fA-F]*", hexdigits):
+            raise ValueError(f"bad hash key: {text.strip()!r} is not hex")
+        if len(hexdigits) % 2:
+            raise ValueError(f"bad hash key: odd number of hex digits ({len(hexdigits)})")
+    key = bytes.fromhex(hexdigits)
+    if not 1 <= len(key) <= 255:
+        raise ValueError(f"bad hash key: {len(key)} bytes (must be 1..255 bytes)")
+    return key
+
+
+_ETHTOOL_TABLE_HDR = re.compile(r"RX flow hash indirection table for \S+ with (\d+) RX ring")
+_ETHTOOL_ROW = re.compile(r"^\s*(\d+):((?:\s+\d+)+)\s*$")
+
+
+def parse_ethtool_x(text: str) -> tuple[bytes, list[int]]:
+    """Parse ``ethtool -x ethX`` output into ``(key, indirection_table)``.
+
+    Understands the "RX flow hash indirection table for ethX with N RX ring(s):" block
+    (rows ``   8:   0  1  0  1 ...``) and the "RSS hash key:" line followed by a
+    colon-separated hex line; anything after (hash function, input transformation) is
+    ignored.  Raises ``ValueError`` if the table or the key is missing or inconsistent.
+    """
+    lines = text.splitlines()
+    table: list[int] = []
+    key: bytes | None = None
+    seen_table = False
+    rings = None
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        m = _ETHTOOL_TABLE_HDR.search(line)
+        if m:
+            seen_table = True
+            rings = int(m.group(1))
+            i += 1
+            while i < len(lines):
+                row = _ETHTOOL_ROW.match(lines[i])
+                if not row:
+                    break
+                start = int(row.group(1))
+                if start != len(table):
+                    raise ValueError(
+                        f"ethtool -x: indirection table row starts at {start}, expected {len(table)}"
+                    )
+                table.extend(int(v) for v in row.group(2).split())
+                i += 1
+            continue
+        if line.strip().startswith("RSS hash key:"):
+            rest = line.split(":", 1)[1].strip()
+            if not rest:
+                i += 1
+                while i < len(lines) and not lines[i].strip():
+                    i += 1
+                rest = lines[i].strip() if i < len(lines) else ""
+            try:
+                key = parse_key(rest)
+            except ValueError as e:
+                raise ValueError(f"ethtool -x: cannot read the RSS hash key {rest!r}: {e}") from None
+        i += 1
+    if not seen_table or not table:
+        raise ValueError("ethtool -x: no 'RX flow hash indirection table' found")
+    if key is None:
+        raise ValueError("ethtool -x: no 'RSS hash key:' found")
+    if rings is not None and any(q >= rings for q in table):
+        raise ValueError(f"ethtool -x: table entry out of range for {rings} RX ring(s)")
+    return key, table
+
+
+# --------------------------------------------------------------------------- frame parsing
+
+ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
+VLAN_ETHERTYPES = (0x8100, 0x88A8, 0x9100)
+MAX_VLAN_TAGS = 2
+
+IPPROTO_TCP = 6
+IPPROTO_UDP = 17
+# IPv6 extension headers the parser walks: hop-by-hop, routing, fragment, AH, dest opts.
+IPV6_EXT_HOPOPTS = 0
+IPV6_EXT_ROUTING = 43
+IPV6_EXT_FRAGMENT = 44
+IPV6_EXT_AH = 51
+IPV6_EXT_DSTOPTS = 60
+IPV6_EXT_HEADERS = frozenset(
+    {IPV6_EXT_HOPOPTS, IPV6_EXT_ROUTING, IPV6_EXT_FRAGMENT, IPV6_EXT_AH, IPV6_EXT_DSTOPTS}
+)
+MAX_IPV6_EXT_HEADERS = 16
+IPV6_OPT_PAD1 = 0
+IPV6_OPT_HOME_ADDRESS = 0xC9
+TCP_MIN_HEADER = 20
+UDP_HEADER = 8
+
+
+@dataclass(frozen=True)
+class FrameInfo:
+    """What the hash selection needs to know about a frame (see :func:`parse_frame`).
+
+    ``l4`` is ``"tcp"``, ``"udp"`` or ``None`` (other protocol, fragment, or an L4
+    header not completely present); ports are set only when ``l4`` is.  ``has_ext`` is
+    true for IPv6 with at least one extension header; ``hao``/``rh2`` are the Home
+    Address option's address and the Routing Header type 2 address when present.
+    """
+
+    family: int  # 4 or 6
+    src: bytes
+    dst: bytes
+    l4: str | None = None
+    sport: int = 0
+    dport: int = 0
+    fragment: bool = False
+    has_ext: bool = False
+    hao: bytes | None = None
+    rh2: bytes | None = None
+    vlan_tags: int = 0
+    ext_headers: tuple[int, ...] = field(default=())
+
+
+def _parse_l4(frame: bytes, off: int, proto: int) -> tuple[str | None, int, int]:
+    if proto == IPPROTO_TCP:
+        if len(frame) - off < TCP_MIN_HEADER or (frame[off + 12] >> 4) < 5:
+            return None, 0, 0
+        sport, dport = struct.unpack_from("!HH", frame, off)
+        return "tcp", sport, dport
+    if proto == IPPROTO_UDP:
+        if len(frame) - off < UDP_HEADER:
+            return None, 0, 0
+        sport, dport = struct.unpack_from("!HH", frame, off)
+        return "udp", sport, dport
+    return None, 0, 0
+
+
+def _find_hao(frame: bytes, start: int, end: int) -> bytes | None:
+    """The Home Address option's address in the options area ``frame[start:end]``."""
+    i = start
+    while i < end:
+        otype = frame[i]
+        if otype == IPV6_OPT_PAD1:
+            i += 1
+            continue
+        if i + 2 > end:
+            return None
+        olen = frame[i + 1]
+        if i + 2 + olen > end:
+            return None
+        if otype == IPV6_OPT_HOME_ADDRESS and olen == 16:
+            return bytes(frame[i + 2 : i + 18])
+        i += 2 + olen
+    return None
+
+
+def parse_frame(frame: bytes) -> FrameInfo | None:
+    """Parse an Ethernet frame far enough to select a hash; ``None`` = no IP packet.
+
+    Rules (the "truncated/malformed" rule every behaviour shares):
+
+    * Ethernet: 14 bytes; up to two VLAN tags (0x8100, 0x88a8, 0x9100) are skipped.
+      A truncated tag, a third tag, or any ethertype but IPv4/IPv6 → ``None``.
+    * IPv4: at least 20 bytes, version 4, IHL >= 5 and all IHL*4 header bytes present,
+      else ``None``.  The total-length field is not consulted (trailing bytes ignored).
+      MF set or fragment offset != 0 → fragment (no L4 header).  DF alone is no fragment.
+    * IPv6: at least 40 bytes and version 6, else ``None``.  The extension headers
+      hop-by-hop (0), routing (43), fragment (44), AH (51) and destination options (60)
+      are walked (AH length is ``(len+2)*4``, the others ``(len+1)*8``).  If a header of
+      the chain is not completely present, or the chain is longer than
+      ``MAX_IPV6_EXT_HEADERS`` → ``None`` (the addresses are there, but the packet's
+      shape is unknown; QEMU drops such packets from IPv6 classification too).
+      A fragment header makes the packet a fragment (no L4 header), whatever its offset.
+      The first Home Address option (type 0xC9, length 16) of any destination options
+      header gives ``hao``; a routing header of type 2 with Hdr Ext Len 2 (one address)
+      and Segments Left 1 (as RFC 6275 mandates) gives ``rh2``.
+    * L4: TCP needs its 20-byte header (and data offset >= 5), UDP its 8-byte header,
+      completely inside the frame; otherwise the packet is not TCP/UDP (``l4=None``)
+      and falls to the address-only rule.
+    """
+    frame = bytes(frame)
+    if len(frame) < 14:
+        return None
+    off = 12
+    ethertype = struct.unpack_from("!H", frame, off)[0]
+    off += 2
+    tags = 0
+    while ethertype in VLAN_ETHERTYPES:
+        tags += 1
+        if tags > MAX_VLAN_TAGS or len(frame) < off + 4:
+            return None
+        ethertype = struct.unpack_from("!H", frame, off + 2)[0]
+        off += 4
+    if ethertype == ETH_P_IP:
+        return _parse_ipv4(frame, off, tags)
+    if ethertype == ETH_P_IPV6:
+        return _parse_ipv6(frame, off, tags)
+    return None
+
+
+def _parse_ipv4(frame: bytes, off: int, tags: int) -> FrameInfo | None:
+    if len(frame) - off < 20:
+        return None
+    ver_ihl = frame[off]
+    if ver_ihl >> 4 != 4:
+        return None
+    ihl = (ver_ihl & 0x0F) * 4
+    if ihl < 20 or len(frame) - off < ihl:
+        return None
+    frag_field = struct.unpack_from("!H", frame, off + 6)[0]
+    fragment = bool(frag_field & 0x2000) or (frag_field & 0x1FFF) != 0
+    proto = frame[off + 9]
+    src = frame[off + 12 : off + 16]
+    dst = frame[off + 16 : off + 20]
+    l4, sport, dport = (None, 0, 0) if fragment else _parse_l4(frame, off + ihl, proto)
+    return FrameInfo(4, src, dst, l4, sport, dport, fragment=fragment, vlan_tags=tags)
+
+
+def _parse_ipv6(frame: bytes, off: int, tags: int) -> FrameInfo | None:
+    if len(frame) - off < 40:
+        return None
+    if frame[off] >> 4 != 6:
+        return None
+    nh = frame[off + 6]
+    src = frame[off + 8 : off + 24]
+    dst = frame[off + 24 : off + 40]
+    p = off + 40
+    exts: list[int] = []
+    fragment = False
+    hao: bytes | None = None
+    rh2: bytes | None = None
+    while nh in IPV6_EXT_HEADERS:
+        if len(exts) >= MAX_IPV6_EXT_HEADERS:
+            return None
+        if len(frame) - p < 8:
+            return None
+        hlen = (frame[p + 1] + 2) * 4 if nh == IPV6_EXT_AH else (frame[p + 1] + 1) * 8
+        if len(frame) - p < hlen:
+            return None
+        if nh == IPV6_EXT_FRAGMENT:
+            fragment = True
+        elif nh == IPV6_EXT_DSTOPTS:
+            if hao is None:
+                hao = _find_hao(frame, p + 2, p + hlen)
+        elif nh == IPV6_EXT_ROUTING:
+            rtype, segleft = frame[p + 2], frame[p + 3]
+            if rh2 is None and rtype == 2 and frame[p + 1] == 2 and segleft == 1:
+                rh2 = bytes(frame[p + 8 : p + 24])
+        exts.append(nh)
+        nh = frame[p]
+        p += hlen
+    l4, sport, dport = (None, 0, 0) if fragment else _parse_l4(frame, p, nh)
+    return FrameInfo(
+        6,
+        src,
+        dst,
+        l4,
+        sport,
+        dport,
+        fragment=fragment,
+        has_ext=bool(exts),
+        hao=hao,
+        rh2=rh2,
+        vlan_tags=tags,
+        ext_headers=tuple(exts),
+    )
+
+
+# --------------------------------------------------------------------------- selection
+
+T = HashType
+
+
+def _select_spec(info: FrameInfo, types: int) -> Report:
+    """virtio 1.3 §5.1.6.4.3: first match wins (reference §2)."""
+    if info.family == 4:
+        if info.l4 == "tcp" and types & T.TCPv4:
+            return Report.TCPv4
+        if info.l4 == "udp" and types & T.UDPv4:
+            return Report.UDPv4
+        if types & T.IPv4:
+            return Report.IPv4
+        return Report.NONE
+    if info.has_ext:
+        if info.l4 == "tcp" and types & T.TCPv6_EX:
+            return Report.TCPv6_EX
+        if info.l4 == "udp" and types & T.UDPv6_EX:
+            return Report.UDPv6_EX
+        if types & T.IPv6_EX:
+            return Report.IPv6_EX
+        # else: as IPv6 without extension headers
+    if info.l4 == "tcp" and types & T.TCPv6:
+        return Report.TCPv6
+    if info.l4 == "udp" and types & T.UDPv6:
+        return Report.UDPv6
+    if types & T.IPv6:
+        return Report.IPv6
+    return Report.NONE
+
+
+def _select_qemu_software(info: FrameInfo, types: int) -> Report:
+    """QEMU's ``virtio_net_get_hash_type``.
+
+    Divergence "qemu-software-ex-without-ext": for IPv6 an enabled _EX type wins whenever
+    the L4 protocol matches (and IPv6_EX before IPv6), with or without extension headers.
+    IPv4 is as in the spec.
+    """
+    if info.family == 4:
+        return _select_spec(info, types)
+    if info.l4 == "tcp":
+        if types & T.TCPv6_EX:
+            return Report.TCPv6_EX
+        if types & T.TCPv6:
+            return Report.TCPv6
+    if info.l4 == "udp":
+        if types & T.UDPv6_EX:
+            return Report.UDPv6_EX
+        if types & T.UDPv6:
+            return Report.UDPv6
+    if types & T.IPv6_EX:
+        return Report.IPv6_EX
+    if types & T.IPv6:
+        return Report.IPv6
+    return Report.NONE
+
+
+def _select_qemu_ebpf(info: FrameInfo, types: int) -> tuple[Report, bool, bool]:
+    """QEMU's ``tools/ebpf/rss.bpf.c``: returns (rule, use HAO, use RH2).
+
+    Divergence "qemu-ebpf-base-type-first": for IPv6 the TCPv6/UDPv6/IPv6 rule is chosen
+    by the *plain* type only (an _EX type alone selects nothing); the matching _EX type
+    merely substitutes the HAO source / RH2 destination, each independently, when that
+    extension header is present.  The reported value is the spec type of the bytes that
+    were hashed: the _EX report if an address was substituted, else the plain one (the
+    upstream program itself reports nothing).
+    """
+    if info.family == 4:
+        return _select_spec(info, types), False, False
+    if info.l4 == "tcp" and types & T.TCPv6:
+        base, ex_type, ex_report = Report.TCPv6, T.TCPv6_EX, Report.TCPv6_EX
+    elif info.l4 == "udp" and types & T.UDPv6:
+        base, ex_type, ex_report = Report.UDPv6, T.UDPv6_EX, Report.UDPv6_EX
+    elif types & T.IPv6:
+        base, ex_type, ex_report = Report.IPv6, T.IPv6_EX, Report.IPv6_EX
+    else:
+        return Report.NONE, False, False
+    use_hao = bool(types & ex_type) and info.hao is not None
+    use_rh2 = bool(types & ex_type) and info.rh2 is not None
+    return (ex_report if (use_hao or use_rh2) else base), use_hao, use_rh2
+
+
+_EX_REPORTS = frozenset({Report.IPv6_EX, Report.TCPv6_EX, Report.UDPv6_EX})
+
+
+def hash_input(info: FrameInfo, report: int, *, use_hao: bool | None = None,
+               use_rh2: bool | None = None) -> bytes:
+    """The bytes hashed for ``report``: addresses (+ ports for TCP/UDP reports).
+
+    For _EX reports the source is the Home Address (when present) and the destination
+    the RH2 address (when present); ``use_hao``/``use_rh2`` override that choice.
+    """
+    report = Report(report)
+    if report == Report.NONE:
+        return b""
+    ex = report in _EX_REPORTS
+    if use_hao is None:
+        use_hao = ex
+    if use_rh2 is None:
+        use_rh2 = ex
+    src = info.hao if (use_hao and info.hao is not None) else info.src
+    dst = info.rh2 if (use_rh2 and info.rh2 is not None) else info.dst
+    data = bytes(src) + bytes(dst)
+    if report.is_l4:
+        data += struct.pack("!HH", info.sport, info.dport)
+    return data
+
+
+def hash_packet(frame: bytes, key: bytes, hash_types: int, behaviour: str = "spec") -> tuple[int, int]:
+    """``(hash_value, report)`` for an Ethernet frame; ``(0, Report.NONE)`` when unhashed.
+
+    Frame parsing (VLAN, IPv4 options/fragments, IPv6 extension headers, truncation)
+    follows :func:`parse_frame`: no IP packet → NONE; an L4 header that is missing or
+    truncated, or a fragment → not TCP/UDP → the address-only rule.
+
+    ``behaviour``:
+
+    * ``"spec"``: virtio 1.3 (reference §2): IPv4 TCPv4 > UDPv4 > IPv4; IPv6 with
+      extension headers TCPv6_EX > UDPv6_EX > IPv6_EX (HAO replaces the source, RH2 the
+      destination, each when present), then as IPv6 without: TCPv6 > UDPv6 > IPv6.
+    * ``"qemu-software"``: QEMU's software path (divergence
+      "qemu-software-ex-without-ext", see ``_select_qemu_software``).
+    * ``"qemu-ebpf"``: QEMU's eBPF steering program (divergence
+      "qemu-ebpf-base-type-first", see ``_select_qemu_ebpf``); the report is the spec
+      type of the bytes hashed (the real program reports no type at all).
+    """
+    if behaviour not in BEHAVIOURS:
+        raise ValueError(f"unknown behaviour {behaviour!r}; valid: {', '.join(BEHAVIOURS)}")
+    types = int(hash_types)
+    info = parse_frame(frame)
+    if info is None:
+        return 0, int(Report.NONE)
+    if behaviour == "spec":
+        report = _select_spec(info, types)
+        data = hash_input(info, report)
+    elif behaviour == "qemu-software":
+        report = _select_qemu_software(info, types)
+        data = hash_input(info, report)
+    else:
+        report, use_hao, use_rh2 = _select_qemu_ebpf(info, types)
+        data = hash_input(info, report, use_hao=use_hao, use_rh2=use_rh2)
+    if report == Report.NONE:
+        return 0, int(Report.NONE)
+    return toeplitz(key, data), int(report)
+
+
+def select_queue(hash_value: int, report: int, table: list[int], unclassified_queue: int) -> int:
+    """RSS steering: NONE → ``unclassified_queue``, else ``table[hash & (len(table) - 1)]``."""
+    n = len(table)
+    if n == 0 or n & (n - 1):
+        raise ValueError(f"indirection table length {n} is not a power of two")
+    if int(report) == Report.NONE:
+        return unclassified_queue
+    return table[hash_value & (n - 1)]
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """What a device should deliver for one frame."""
+
+    hash: int
+    report: int
+    queue: int
+    l4: bool  # the Linux guest marks the skb as an L4 hash (TCP/UDP reports)
+
+    @property
+    def report_name(self) -> str:
+        return Report(self.report).name
+
+
+@dataclass
+class RssConfig:
+    """An RSS/hash configuration as the guest programs it (``RSS_CONFIG``)."""
+
+    key: bytes = MS_KEY
+    hash_types: int = LINUX_GUEST_TYPES
+    table: list[int] = field(default_factory=lambda: [0] * 128)
+    unclassified_queue: int = 0
+    behaviour: str = "spec"
+
+    def __post_init__(self) -> None:
+        n = len(self.table)
+        if n == 0 or n & (n - 1):
+            raise ValueError(f"indirection table length {n} is not a power of two")
+        if self.behaviour not in BEHAVIOURS:
+            raise ValueError(f"unknown behaviour {self.behaviour!r}; valid: {', '.join(BEHAVIOURS)}")
+
+    @classmethod
+    def equal_table(cls, queues: int, size: int = 128, **kw) -> "RssConfig":
+        """A configuration whose table spreads ``queues`` queues round-robin."""
+        return cls(table=[i % queues for i in range(size)], **kw)
+
+    def expect(self, frame: bytes) -> Expectation:
+        h, r = hash_packet(frame, self.key, self.hash_types, self.behaviour)
+        q = select_queue(h, r, self.table, self.unclassified_queue)
+        return Expectation(h, r, q, Report(r).is_l4)
