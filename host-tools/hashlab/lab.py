@@ -125,6 +125,8 @@ def run(
     else:
         script = shlex.join(command)
     cwd = Path(cwd or os.getcwd())
+    # Tests in the lab boot KVM guests on the same kernel.
+    env = {"HASHLAB_LAB_KERNEL": str(kernel), **(env or {})}
     if env:
         script = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " " + script
     # The status marker tells "the command exited N" from "the VM died" (vng says 255

@@ -1,0 +1,183 @@
+"""Raw Linux interfaces the kernel-level tests poke directly: bpf(2), tun and vhost ioctls.
+
+No libbpf and no compiler here on purpose: the kernel tests assemble a handful of BPF
+instructions themselves, so that they exercise exactly the UAPI the kernel series adds
+(program type, ``__sk_buff`` offsets) and nothing else.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import struct
+from dataclasses import dataclass
+
+# ---- bpf(2) ---------------------------------------------------------------------------
+
+NR_BPF = 321  # x86_64
+BPF_PROG_LOAD = 5
+BPF_PROG_TEST_RUN = 10
+
+BPF_PROG_TYPE_SOCKET_FILTER = 1
+BPF_PROG_TYPE_NETFILTER = 32
+# The series appends its type right after NETFILTER (the last type in Linux 6.12).
+BPF_PROG_TYPE_VNET_HASH = BPF_PROG_TYPE_NETFILTER + 1
+
+# struct __sk_buff: 6.12 ends with `__u64 hwtstamp` at 184; the series appends
+# `__u32 vnet_hash_value; __u16 vnet_hash_report; __u16 vnet_rss_queue;`.
+SKB_LEN = 0
+SKB_VNET_HASH_VALUE = 192
+SKB_VNET_HASH_REPORT = 196
+SKB_VNET_RSS_QUEUE = 198
+SKB_SIZE = 200
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+def bpf(cmd: int, attr: bytearray) -> int:
+    buf = (ctypes.c_char * len(attr)).from_buffer(attr)
+    ret = _libc.syscall(NR_BPF, cmd, buf, len(attr))
+    if ret < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"bpf(cmd={cmd}): {os.strerror(e)}")
+    return ret
+
+
+class Asm:
+    """Just enough of an eBPF assembler for the tests' tiny programs."""
+
+    def __init__(self) -> None:
+        self.insns: list[bytes] = []
+
+    def _ins(self, code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0):
+        self.insns.append(struct.pack("<BBhi", code, (src << 4) | dst, off, imm))
+        return self
+
+    def mov64(self, dst: int, imm: int):
+        return self._ins(0xB7, dst, imm=imm)
+
+    def mov32(self, dst: int, imm: int):
+        return self._ins(0xB4, dst, imm=imm)
+
+    def mov64_reg(self, dst: int, src: int):
+        return self._ins(0xBF, dst, src)
+
+    def and64(self, dst: int, imm: int):
+        return self._ins(0x57, dst, imm=imm)
+
+    def mod64(self, dst: int, imm: int):
+        return self._ins(0x97, dst, imm=imm)
+
+    def add64(self, dst: int, imm: int):
+        return self._ins(0x07, dst, imm=imm)
+
+    def ldx(self, size: int, dst: int, src: int, off: int):
+        return self._ins({4: 0x61, 2: 0x69, 1: 0x71, 8: 0x79}[size], dst, src, off)
+
+    def stx(self, size: int, dst: int, off: int, src: int):
+        return self._ins({4: 0x63, 2: 0x6B, 1: 0x73, 8: 0x7B}[size], dst, src, off)
+
+    def exit(self):
+        return self._ins(0x95)
+
+    def code(self) -> bytes:
+        return b"".join(self.insns)
+
+
+def prog_load(prog_type: int, insns: bytes, name: str = "hashlab") -> int:
+    """Load a program; on a verifier rejection the OSError carries the verifier log."""
+    license_ = ctypes.create_string_buffer(b"GPL")
+    code = ctypes.create_string_buffer(insns, len(insns))
+    log = ctypes.create_string_buffer(64 * 1024)
+    attr = bytearray(128)
+    struct.pack_into(
+        "<IIQQIIQ", attr, 0, prog_type, len(insns) // 8, ctypes.addressof(code),
+        ctypes.addressof(license_), 1, len(log), ctypes.addressof(log),
+    )
+    attr[48:64] = name.encode()[:15].ljust(16, b"\0")
+    try:
+        return bpf(BPF_PROG_LOAD, attr)
+    except OSError as e:
+        raise OSError(e.errno, f"{e.strerror}; verifier log:\n{log.value.decode()}") from None
+
+
+@dataclass
+class TestRun:
+    retval: int
+    data_out: bytes
+    ctx_out: bytes
+
+
+def prog_test_run(prog_fd: int, data: bytes, ctx_in: bytes | None = None,
+                  ctx_size_out: int = SKB_SIZE, repeat: int = 1) -> TestRun:
+    din = ctypes.create_string_buffer(data, len(data))
+    dout = ctypes.create_string_buffer(len(data) + 256)
+    cin = ctypes.create_string_buffer(ctx_in, len(ctx_in)) if ctx_in else None
+    cout = ctypes.create_string_buffer(ctx_size_out) if ctx_size_out else None
+    attr = bytearray(80)
+    struct.pack_into(
+        "<IIIIQQIIIIQQ", attr, 0, prog_fd, 0, len(data), len(dout),
+        ctypes.addressof(din), ctypes.addressof(dout), repeat, 0,
+        len(ctx_in) if ctx_in else 0, ctx_size_out,
+        ctypes.addressof(cin) if cin else 0, ctypes.addressof(cout) if cout else 0,
+    )
+    bpf(BPF_PROG_TEST_RUN, attr)
+    retval, size_out = struct.unpack_from("<II", attr, 4)[0], struct.unpack_from("<I", attr, 12)[0]
+    ctx_out_size = struct.unpack_from("<I", attr, 44)[0]
+    return TestRun(retval, dout.raw[:size_out], cout.raw[:ctx_out_size] if cout else b"")
+
+
+# ---- tun ------------------------------------------------------------------------------
+
+TUNSETIFF = 0x400454CA
+TUNSETOFFLOAD = 0x400454D0
+TUNSETVNETHDRSZ = 0x400454D8
+TUNSETVNETLE = 0x400454DC
+TUNSETSTEERINGEBPF = 0x800454E0
+IFF_TAP = 0x0002
+IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+IFF_MULTI_QUEUE = 0x0100
+
+
+def tap_queue(name: str, flags: int = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE) -> int:
+    """Open one queue of tap ``name`` (created by the first open); returns its fd."""
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), flags))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def ioctl_int(fd: int, req: int, value: int) -> None:
+    fcntl.ioctl(fd, req, struct.pack("i", value))
+
+
+# ---- vhost ----------------------------------------------------------------------------
+
+VHOST_GET_FEATURES = 0x8008AF00
+VHOST_SET_FEATURES = 0x4008AF00
+VHOST_SET_OWNER = 0xAF01
+
+VIRTIO_NET_F_HASH_REPORT = 57
+VIRTIO_F_VERSION_1 = 32
+
+
+def vhost_get_features(fd: int) -> int:
+    buf = bytearray(8)
+    fcntl.ioctl(fd, VHOST_GET_FEATURES, buf)
+    return struct.unpack("<Q", buf)[0]
+
+
+def vhost_set_features(fd: int, features: int) -> int:
+    """Returns 0 or the errno the kernel refused with."""
+    try:
+        fcntl.ioctl(fd, VHOST_SET_FEATURES, struct.pack("<Q", features))
+    except OSError as e:
+        return e.errno or errno.EIO
+    return 0
