@@ -9,7 +9,7 @@ implementations, whose differences are kept as small named branches (see
 Public API
 ----------
 ``HashType``, ``Report``, ``type_for_report``, ``report_for_type``, ``ALL_TYPES``,
-``LINUX_GUEST_TYPES``, ``MS_KEY``, ``BEHAVIOURS``, ``toeplitz``, ``parse_hash_types``,
+``LINUX_GUEST_TYPES``, ``MS_KEY``, ``BEHAVIOURS``, ``is_l4_report``, ``toeplitz``, ``parse_hash_types``,
 ``hash_type_names``, ``parse_key``, ``parse_ethtool_x``, ``FrameInfo``, ``parse_frame``,
 ``hash_input``, ``hash_packet``, ``select_queue``, ``RssConfig``, ``Expectation``.
 """
@@ -31,6 +31,7 @@ __all__ = [
     "LINUX_GUEST_TYPES",
     "MS_KEY",
     "BEHAVIOURS",
+    "is_l4_report",
     "toeplitz",
     "parse_hash_types",
     "hash_type_names",
@@ -136,7 +137,7 @@ def _toeplitz_tables(key: bytes) -> tuple[tuple[int, ...], ...]:
     nbits = len(key) * 8
     k = int.from_bytes(key, "big")
     tables = []
-    for i in range(len(key) - 4 + 1):
+    for i in range(len(key) - 4):
         windows = [(k >> (nbits - 32 - (8 * i + b))) & 0xFFFFFFFF for b in range(8)]
         # windows[b] belongs to bit (7 - b) of the byte (b = 0 is the MSB).
         table = [0] * 256
@@ -548,9 +549,12 @@ def _select_spec(info: FrameInfo, types: int) -> Report:
 def _select_qemu_software(info: FrameInfo, types: int) -> Report:
     """QEMU's ``virtio_net_get_hash_type``.
 
-    Divergence "qemu-software-ex-without-ext": for IPv6 an enabled _EX type wins whenever
-    the L4 protocol matches (and IPv6_EX before IPv6), with or without extension headers.
-    IPv4 is as in the spec.
+    Divergences from the spec, IPv6 only (IPv4 is as in the spec):
+
+    * "qemu-software-ex-without-ext": an enabled _EX type wins whenever the L4 protocol
+      matches (and IPv6_EX before IPv6), with or without extension headers;
+    * "qemu-software-l4-before-ip-ex": with extension headers, a TCP/UDP packet takes
+      the plain TCPv6/UDPv6 rule before IPv6_EX (the spec tries IPv6_EX first).
     """
     if info.family == 4:
         return _select_spec(info, types)
@@ -634,8 +638,9 @@ def hash_packet(frame: bytes, key: bytes, hash_types: int, behaviour: str = "spe
     * ``"spec"``: virtio 1.3 (reference §2): IPv4 TCPv4 > UDPv4 > IPv4; IPv6 with
       extension headers TCPv6_EX > UDPv6_EX > IPv6_EX (HAO replaces the source, RH2 the
       destination, each when present), then as IPv6 without: TCPv6 > UDPv6 > IPv6.
-    * ``"qemu-software"``: QEMU's software path (divergence
-      "qemu-software-ex-without-ext", see ``_select_qemu_software``).
+    * ``"qemu-software"``: QEMU's software path (divergences
+      "qemu-software-ex-without-ext" and "qemu-software-l4-before-ip-ex", see
+      ``_select_qemu_software``); _EX reports hash HAO/RH2 when present.
     * ``"qemu-ebpf"``: QEMU's eBPF steering program (divergence
       "qemu-ebpf-base-type-first", see ``_select_qemu_ebpf``); the report is the spec
       type of the bytes hashed (the real program reports no type at all).
