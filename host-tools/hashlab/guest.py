@@ -1,0 +1,175 @@
+"""The Linux guest's side of a run: configure virtio_net with ethtool, read it back.
+
+Everything goes through the agent (guest-tests/agent) of a running ``Machine``.  What
+the guest reports back (key, indirection table, hash types, negotiated features) is
+what the oracle uses, so a configuration step that silently did nothing shows up as a
+config mismatch rather than as hash mismatches.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from . import rss
+from .machine import Machine
+from .scenario import GuestSpec
+
+IFNAME = "eth0"
+VIRTIO_NET_F_CTRL_VQ = 17
+VIRTIO_NET_F_MQ = 22
+VIRTIO_F_VERSION_1 = 32
+VIRTIO_NET_F_HASH_REPORT = 57
+VIRTIO_NET_F_RSS = 60
+FEATURE_NAMES = {VIRTIO_NET_F_CTRL_VQ: "CTRL_VQ", VIRTIO_NET_F_MQ: "MQ",
+                 VIRTIO_F_VERSION_1: "VERSION_1", VIRTIO_NET_F_HASH_REPORT: "HASH_REPORT",
+                 VIRTIO_NET_F_RSS: "RSS"}
+# The Linux driver's unclassified queue (virtnet_init_default_rss sets 0).
+LINUX_UNCLASSIFIED_QUEUE = 0
+
+# Linux 6.12.91 .. 6.12.113 (stable backport of "virtio_net: Use new RSS config structs"
+# without "virtio_net: Fix misalignment bug in struct virtnet_info", 6.12.114): the key
+# the driver keeps (and ethtool -x shows) sits one byte after the RSS_CONFIG trailer's
+# hash_key_data, so the device receives a padding byte (0) followed by the first 39 key
+# bytes.  Measured here: Debian's 6.12.95 cloud kernel with stock QEMU 10.0.2 hashes with
+# exactly that key.
+MISALIGNED_KEY_RANGES = [((6, 12, 91), (6, 12, 114))]
+
+
+def _kver(version: str) -> tuple[int, int, int] | None:
+    m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", version)
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)) if m else None
+
+
+def rss_key_quirk(kernel_version: str, setting: str = "auto") -> str:
+    """'misaligned' when the guest driver sends the key one byte off, else 'off'."""
+    if setting != "auto":
+        return setting
+    v = _kver(kernel_version)
+    if v and any(lo <= v < hi for lo, hi in MISALIGNED_KEY_RANGES):
+        return "misaligned"
+    return "off"
+
+
+def device_key(guest_key: bytes, quirk: str) -> bytes:
+    """The key the device receives, given the key the guest reports and the quirk."""
+    if quirk == "misaligned":
+        return b"\0" + guest_key[:-1]
+    return guest_key
+
+
+FLOW_TYPES = {  # ethtool flow -> (address-only type, 4-tuple type)
+    "tcp4": (rss.HashType.IPv4, rss.HashType.TCPv4),
+    "udp4": (rss.HashType.IPv4, rss.HashType.UDPv4),
+    "tcp6": (rss.HashType.IPv6, rss.HashType.TCPv6),
+    "udp6": (rss.HashType.IPv6, rss.HashType.UDPv6),
+}
+
+
+def feature_bits(bitstring: str) -> set[int]:
+    """``/sys/class/net/X/device/features`` ('1' at index i = feature bit i) as a set."""
+    return {i for i, c in enumerate(bitstring.strip()) if c == "1"}
+
+
+def parse_flow_hash(text: str) -> str:
+    """``ethtool -n X rx-flow-hash FLOW`` output -> 'sdfn', 'sd' or 'none'."""
+    has_ip = "IP SA" in text and "IP DA" in text
+    has_l4 = "L4 bytes 0 & 1" in text and "L4 bytes 2 & 3" in text
+    if has_ip and has_l4:
+        return "sdfn"
+    if has_ip:
+        return "sd"
+    return "none"
+
+
+def hash_types_from_flows(flows: dict[str, str]) -> int:
+    """The hash types the driver has saved, from its four rx-flow-hash answers.
+
+    virtio_net answers 'sdfn' for a flow when the 4-tuple type is on, 'sd' when only the
+    address type is (e.g. tcp4 sd -> IPv4 without TCPv4).
+    """
+    types = 0
+    for flow, val in flows.items():
+        ip, l4 = FLOW_TYPES[flow]
+        if val in ("sd", "sdfn"):
+            types |= ip
+        if val == "sdfn":
+            types |= l4
+    return int(types)
+
+
+@dataclass
+class GuestState:
+    features: set[int]
+    key: bytes
+    table: list[int]
+    flows: dict[str, str]
+    hash_types: int  # as the driver saved them
+    rxhash: bool
+    combined: int
+    raw: dict[str, str] = field(default_factory=dict)
+
+    def feature_view(self) -> dict[str, bool]:
+        return {name: bit in self.features for bit, name in FEATURE_NAMES.items()}
+
+
+def device_hash_types(initial: GuestState, final: GuestState) -> int:
+    """The hash types the device was last told, by the driver's rules (Linux 6.12).
+
+    Probe commits the default types.  ``ethtool -N`` commits only while rxhash is on;
+    turning rxhash on commits the saved types, turning it off commits none (0).  So with
+    rxhash off at the end: 0 if it was on at boot (toggled off), else the boot-time types.
+    """
+    if final.rxhash:
+        return final.hash_types
+    return 0 if initial.rxhash else initial.hash_types
+
+
+async def configure(vm: Machine, spec: GuestSpec, queues: int) -> list[dict]:
+    """Apply SPEC in the guest; returns the commands run with their output."""
+    log: list[dict] = []
+
+    async def run(verb: str, *args: str) -> None:
+        r = await vm.agent(verb, *args)
+        log.append({"cmd": f"{verb} {' '.join(args)}", "rc": r.rc, "out": r.output})
+
+    await run("sh", f"ip link set {IFNAME} up promisc on; "
+                    f"echo 1 > /proc/sys/net/ipv6/conf/{IFNAME}/disable_ipv6")
+    await run("ethtool", "-L", IFNAME, "combined", str(queues))
+    await run("ethtool", "-K", IFNAME, "rxhash", "on" if spec.rxhash else "off")
+    xargs: list[str] = []
+    key = spec.key_bytes()
+    if key is not None:
+        xargs += ["hkey", ":".join(f"{b:02x}" for b in key)]
+    t = spec.table
+    if isinstance(t, list):
+        xargs += ["weight", *map(str, t)]
+    elif t.startswith("equal"):
+        xargs += ["equal", t.split(":", 1)[1] if ":" in t else str(queues)]
+    if xargs:
+        await run("ethtool", "-X", IFNAME, *xargs)
+    for flow, fields in spec.flow_hash.items():
+        await run("ethtool", "-N", IFNAME, "rx-flow-hash", flow, fields)
+    return log
+
+
+async def readback(vm: Machine) -> GuestState:
+    info = (await vm.agent("info")).kind("info")[0]
+    raw = {"features": info["features"]}
+    raw["ethtool -x"] = (await vm.agent("ethtool", "-x", IFNAME)).output
+    raw["ethtool -l"] = (await vm.agent("ethtool", "-l", IFNAME)).output
+    raw["ethtool -k"] = (await vm.agent("ethtool", "-k", IFNAME)).output
+    flows = {}
+    for flow in FLOW_TYPES:
+        out = (await vm.agent("ethtool", "-n", IFNAME, "rx-flow-hash", flow)).output
+        raw[f"ethtool -n rx-flow-hash {flow}"] = out
+        flows[flow] = parse_flow_hash(out)
+    key, table = rss.parse_ethtool_x(raw["ethtool -x"])
+    rxhash = any(ln.strip() == "receive-hashing: on" for ln in raw["ethtool -k"].splitlines())
+    combined = 0
+    cur = raw["ethtool -l"].split("Current hardware settings:", 1)[-1]
+    for ln in cur.splitlines():
+        if ln.strip().startswith("Combined:"):
+            combined = int(ln.split(":", 1)[1])
+    return GuestState(feature_bits(info["features"]), key, table, flows,
+                      hash_types_from_flows(flows), rxhash, combined, raw)

@@ -1,0 +1,339 @@
+"""Scenario files: what to boot, how to configure the guest, what to send, what to expect.
+
+A scenario is a YAML mapping, validated strictly (an unknown or mistyped field is a
+``UsageError`` naming the file and the field)::
+
+    name: software-rss                # [a-z0-9._-]+, names results/<name>/
+    description: free text
+    guest:
+      kernel: debian                  # versions.env GUEST_KERNEL_PKG, deb:PKG, lab, or a bzImage
+      rss_key_quirk: auto             # auto | off | misaligned (see hashlab.guest)
+      queues: 2                       # ethtool -L eth0 combined N (default: datapath.queues)
+      rxhash: true                    # ethtool -K eth0 rxhash on|off
+      key: ms                         # ms | hex (6d5a.. or 6d:5a:..) | random:SEED | driver
+      table: equal                    # equal | equal:N | [w0, w1, ...] (weights) | driver
+      flow_hash:                      # ethtool -N eth0 rx-flow-hash FLOW FIELDS, in order
+        tcp4: sdfn                    # FLOW: tcp4 udp4 tcp6 udp6; FIELDS: sdfn | sd
+      cpus: 2
+      memory: 512M
+    datapath:
+      qemu: host                      # host (/usr/bin/qemu-system-x86_64) or a path
+      queues: 2                       # tap queues = the device's queue pairs
+      netdev: {vhost: "off"}          # extra -netdev tap options
+      device: {rss: "on", hash: "on"} # extra -device virtio-net-pci options
+      behaviour: qemu-software        # oracle model: spec | qemu-software | qemu-ebpf
+    corpus:
+      seed: 0
+      slices: all                     # or a list of slice names
+    expect:
+      rss_negotiated: true
+      hash_report_negotiated: true
+      hash_types: tcpv4,udpv4,...     # what the guest should end up with (optional)
+      arrive: {truncated: any}        # per slice: true | false | any (default true)
+      known_divergences:              # corpus description (without " #n") -> reason:
+        "ipv6 AH tcp": "..."          # pinned mismatches; a pin that matches fails
+    timeouts: {boot: 180, command: 60, shutdown: 30}   # seconds at idle, scaled by load
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import rss
+from .errors import UsageError
+from .machine import HOST_QEMU
+
+FLOWS = ("tcp4", "udp4", "tcp6", "udp6")
+FLOW_FIELDS = ("sdfn", "sd")
+ARRIVE = (True, False, "any")
+RSS_KEY_QUIRKS = ("auto", "off", "misaligned")
+RESERVED_DEVICE_OPTS = {"id", "netdev", "mac", "vectors"}
+RESERVED_NETDEV_OPTS = {"id", "fds", "fd", "ifname", "queues", "script", "downscript"}
+
+
+@dataclass
+class GuestSpec:
+    kernel: str = "debian"
+    queues: int | None = None
+    rxhash: bool = True
+    key: str = "ms"
+    table: str | list[int] = "equal"
+    flow_hash: dict[str, str] = field(default_factory=dict)
+    cpus: int = 2
+    memory: str = "512M"
+    rss_key_quirk: str = "auto"
+
+    def key_bytes(self) -> bytes | None:
+        """The key to program, or None to keep the driver's (random) one."""
+        k = self.key
+        if k == "driver":
+            return None
+        if k == "ms":
+            return rss.MS_KEY
+        if k.startswith("random:"):
+            seed = k.split(":", 1)[1]
+            return hashlib.sha256(f"hashlab-key:{seed}".encode()).digest()[:20] + \
+                hashlib.sha256(f"hashlab-key2:{seed}".encode()).digest()[:20]
+        return rss.parse_key(k)
+
+
+@dataclass
+class DatapathSpec:
+    qemu: str = "host"
+    queues: int = 2
+    netdev: dict[str, str] = field(default_factory=lambda: {"vhost": "off"})
+    device: dict[str, str] = field(default_factory=lambda: {"mq": "on", "rss": "on", "hash": "on"})
+    behaviour: str = "qemu-software"
+
+    @property
+    def qemu_binary(self) -> str:
+        return HOST_QEMU if self.qemu == "host" else self.qemu
+
+
+@dataclass
+class CorpusSpec:
+    seed: int = 0
+    slices: list[str] | None = None  # None = all
+
+
+@dataclass
+class ExpectSpec:
+    rss_negotiated: bool | None = None
+    hash_report_negotiated: bool | None = None
+    hash_types: int | None = None
+    arrive: dict[str, Any] = field(default_factory=dict)
+    known_divergences: dict[str, str] = field(default_factory=dict)
+
+    def arrival(self, slice_: str) -> bool | str:
+        return self.arrive.get(slice_, True)
+
+
+@dataclass
+class Scenario:
+    name: str
+    path: Path | None = None
+    description: str = ""
+    guest: GuestSpec = field(default_factory=GuestSpec)
+    datapath: DatapathSpec = field(default_factory=DatapathSpec)
+    corpus: CorpusSpec = field(default_factory=CorpusSpec)
+    expect: ExpectSpec = field(default_factory=ExpectSpec)
+    timeouts: dict[str, float] = field(default_factory=lambda: {"boot": 180.0, "command": 60.0,
+                                                                  "shutdown": 30.0})
+
+    @property
+    def guest_queues(self) -> int:
+        return self.guest.queues or self.datapath.queues
+
+
+# --------------------------------------------------------------------------- validation
+
+
+class _V:
+    """Field-by-field validation with errors that name the file and the field path."""
+
+    def __init__(self, where: str):
+        self.where = where
+
+    def fail(self, path: str, msg: str):
+        raise UsageError(f"{self.where}: field '{path}': {msg}")
+
+    def mapping(self, path: str, value: Any, allowed: set[str], required: set[str] = frozenset()):
+        if not isinstance(value, dict):
+            self.fail(path or "<top>", f"must be a mapping, not {type(value).__name__}")
+        for k in value:
+            if not isinstance(k, str) or k not in allowed:
+                sub = f"{path}.{k}" if path else str(k)
+                self.fail(sub, f"unknown field (valid: {', '.join(sorted(allowed))})")
+        for k in required:
+            if k not in value:
+                self.fail(f"{path}.{k}" if path else k, "required field missing")
+        return value
+
+    def typed(self, path: str, value: Any, types, what: str):
+        if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+            self.fail(path, f"must be {what}, not a boolean")
+        if not isinstance(value, types):
+            self.fail(path, f"must be {what}, not {type(value).__name__} {value!r}")
+        return value
+
+    def integer(self, path: str, value: Any, lo: int, hi: int) -> int:
+        self.typed(path, value, int, "an integer")
+        if not lo <= value <= hi:
+            self.fail(path, f"{value} out of range [{lo}, {hi}]")
+        return value
+
+    def options(self, path: str, value: Any, reserved: set[str]) -> dict[str, str]:
+        self.mapping(path, value, set(value) if isinstance(value, dict) else set())
+        out = {}
+        for k, v in value.items():
+            if k in reserved:
+                self.fail(f"{path}.{k}", f"is set by hashlab (reserved: {', '.join(sorted(reserved))})")
+            if isinstance(v, bool):  # YAML 1.1 reads on/off as booleans
+                v = "on" if v else "off"
+            if not isinstance(v, (str, int)) or not re.fullmatch(r"[A-Za-z0-9_.:/+-]+", str(v)):
+                self.fail(f"{path}.{k}", f"bad option value {v!r}")
+            out[k] = str(v)
+        return out
+
+
+def parse_scenario(data: Any, where: str = "<scenario>", path: Path | None = None) -> Scenario:
+    from . import packets  # the corpus module; imported late (it pulls in scapy)
+
+    v = _V(where)
+    top = v.mapping("", data, {"name", "description", "guest", "datapath", "corpus", "expect",
+                               "timeouts"}, {"name"})
+    name = v.typed("name", top["name"], str, "a string")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", name):
+        v.fail("name", f"{name!r} must match [a-z0-9][a-z0-9._-]*")
+    sc = Scenario(name=name, path=path)
+    sc.description = v.typed("description", top.get("description", ""), str, "a string")
+
+    # datapath first: guest.queues defaults to it
+    dp = v.mapping("datapath", top.get("datapath", {}) or {},
+                   {"qemu", "queues", "netdev", "device", "behaviour"})
+    d = sc.datapath
+    if "qemu" in dp:
+        d.qemu = v.typed("datapath.qemu", dp["qemu"], str, "'host' or a path")
+        if d.qemu != "host" and not Path(d.qemu).is_file():
+            v.fail("datapath.qemu", f"{d.qemu} does not exist")
+    if "queues" in dp:
+        d.queues = v.integer("datapath.queues", dp["queues"], 1, 16)
+    if "netdev" in dp:
+        d.netdev = {"vhost": "off", **v.options("datapath.netdev", dp["netdev"], RESERVED_NETDEV_OPTS)}
+    if "device" in dp:
+        d.device = {"mq": "on", **v.options("datapath.device", dp["device"], RESERVED_DEVICE_OPTS)}
+    if d.queues > 1 and d.device.get("mq") != "on":
+        v.fail("datapath.device.mq", "must be on with more than one queue")
+    if "behaviour" in dp:
+        d.behaviour = v.typed("datapath.behaviour", dp["behaviour"], str, "a string")
+        if d.behaviour not in rss.BEHAVIOURS:
+            v.fail("datapath.behaviour", f"{d.behaviour!r} (valid: {', '.join(rss.BEHAVIOURS)})")
+
+    g = v.mapping("guest", top.get("guest", {}) or {},
+                  {"kernel", "queues", "rxhash", "key", "table", "flow_hash", "cpus", "memory",
+                   "rss_key_quirk"})
+    gs = sc.guest
+    if "kernel" in g:
+        gs.kernel = v.typed("guest.kernel", g["kernel"], str,
+                            "'debian', 'deb:linux-image-...', 'lab' or a bzImage path")
+        if gs.kernel.startswith("deb:"):
+            if not re.fullmatch(r"deb:linux-image-[A-Za-z0-9.+~-]+", gs.kernel):
+                v.fail("guest.kernel", f"{gs.kernel!r} is not deb:linux-image-...")
+        elif gs.kernel not in ("debian", "lab") and not Path(gs.kernel).is_file():
+            v.fail("guest.kernel", f"{gs.kernel} does not exist")
+    if "queues" in g:
+        gs.queues = v.integer("guest.queues", g["queues"], 1, d.queues)
+    if "rxhash" in g:
+        gs.rxhash = v.typed("guest.rxhash", g["rxhash"], bool, "true or false")
+    if "key" in g:
+        gs.key = v.typed("guest.key", g["key"], str, "a string (ms, hex, random:SEED, driver)")
+        try:
+            kb = gs.key_bytes()
+        except ValueError as e:
+            v.fail("guest.key", str(e))
+        if kb is not None and len(kb) != 40:
+            v.fail("guest.key", f"the virtio-net device takes a 40-byte key, not {len(kb)}")
+    if "table" in g:
+        t = g["table"]
+        if isinstance(t, str):
+            m = re.fullmatch(r"equal(?::(\d+))?|driver", t)
+            if not m:
+                v.fail("guest.table", f"{t!r}: use equal, equal:N, driver or a list of weights")
+            if m.group(1) is not None and not 1 <= int(m.group(1)) <= sc.guest_queues:
+                v.fail("guest.table", f"equal:{m.group(1)} needs 1..{sc.guest_queues} queues")
+        elif isinstance(t, list):
+            if not t or len(t) > sc.guest_queues:
+                v.fail("guest.table", f"needs 1..{sc.guest_queues} weights")
+            for i, w in enumerate(t):
+                v.integer(f"guest.table[{i}]", w, 0, 1 << 16)
+            if not any(t):
+                v.fail("guest.table", "all weights are zero")
+        else:
+            v.fail("guest.table", f"must be a string or a list of weights, not {type(t).__name__}")
+        gs.table = t
+    if "flow_hash" in g:
+        fh = v.mapping("guest.flow_hash", g["flow_hash"] or {}, set(FLOWS))
+        for k, val in fh.items():
+            if val not in FLOW_FIELDS:
+                v.fail(f"guest.flow_hash.{k}", f"{val!r} (valid: {', '.join(FLOW_FIELDS)})")
+        gs.flow_hash = dict(fh)
+    if "rss_key_quirk" in g:
+        gs.rss_key_quirk = v.typed("guest.rss_key_quirk", g["rss_key_quirk"], str, "a string")
+        if gs.rss_key_quirk not in RSS_KEY_QUIRKS:
+            v.fail("guest.rss_key_quirk", f"{gs.rss_key_quirk!r} (valid: {', '.join(RSS_KEY_QUIRKS)})")
+    if "cpus" in g:
+        gs.cpus = v.integer("guest.cpus", g["cpus"], 1, 8)
+    if "memory" in g:
+        gs.memory = v.typed("guest.memory", g["memory"], str, "a size like 512M")
+        if not re.fullmatch(r"\d+[MG]", gs.memory):
+            v.fail("guest.memory", f"{gs.memory!r} is not a size like 512M")
+
+    c = v.mapping("corpus", top.get("corpus", {}) or {}, {"seed", "slices"})
+    if "seed" in c:
+        sc.corpus.seed = v.integer("corpus.seed", c["seed"], 0, 2**32)
+    if "slices" in c:
+        s = c["slices"]
+        if s == "all":
+            sc.corpus.slices = None
+        elif isinstance(s, list) and s:
+            for i, x in enumerate(s):
+                if x not in packets.SLICES:
+                    v.fail(f"corpus.slices[{i}]", f"unknown slice {x!r} (valid: {', '.join(packets.SLICES)})")
+            sc.corpus.slices = list(s)
+        else:
+            v.fail("corpus.slices", "must be 'all' or a non-empty list of slice names")
+
+    e = v.mapping("expect", top.get("expect", {}) or {},
+                  {"rss_negotiated", "hash_report_negotiated", "hash_types", "arrive",
+                   "known_divergences"})
+    for k in ("rss_negotiated", "hash_report_negotiated"):
+        if k in e:
+            setattr(sc.expect, k, v.typed(f"expect.{k}", e[k], bool, "true or false"))
+    if "hash_types" in e:
+        ht = v.typed("expect.hash_types", e["hash_types"], (str, int), "a hash type list")
+        try:
+            sc.expect.hash_types = rss.parse_hash_types(str(ht))
+        except ValueError as err:
+            v.fail("expect.hash_types", str(err))
+    if "arrive" in e:
+        arr = v.mapping("expect.arrive", e["arrive"] or {}, set(packets.SLICES))
+        for k, val in arr.items():
+            if val not in ARRIVE or isinstance(val, int) and not isinstance(val, bool):
+                v.fail(f"expect.arrive.{k}", f"{val!r} (valid: true, false, any)")
+        sc.expect.arrive = dict(arr)
+
+    if "known_divergences" in e:
+        kd = e["known_divergences"] or {}
+        groups = {f.desc.rsplit(" #", 1)[0] for f in packets.corpus(sc.corpus.seed)}
+        v.mapping("expect.known_divergences", kd, groups | set(kd if isinstance(kd, dict) else ()))
+        for k, reason in kd.items():
+            if k not in groups:
+                v.fail(f"expect.known_divergences.{k}", "no corpus frames have this description")
+            if not isinstance(reason, str) or not reason.strip():
+                v.fail(f"expect.known_divergences.{k}", "needs a reason (a non-empty string)")
+        sc.expect.known_divergences = dict(kd)
+
+    t = v.mapping("timeouts", top.get("timeouts", {}) or {}, {"boot", "command", "shutdown"})
+    for k, val in t.items():
+        v.typed(f"timeouts.{k}", val, (int, float), "a number of seconds")
+        if not 1 <= val <= 3600:
+            v.fail(f"timeouts.{k}", f"{val} out of range [1, 3600]")
+        sc.timeouts[k] = float(val)
+    return sc
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"scenario file {p} not found")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise UsageError(f"{p}: not valid YAML: {e}") from None
+    return parse_scenario(data, str(p), p)

@@ -1,0 +1,176 @@
+"""A multi-queue tap device for one QEMU guest, and sending frames into it.
+
+``Tap(queues=N)`` opens /dev/net/tun N times with ``IFF_TAP|IFF_NO_PI|IFF_VNET_HDR|
+IFF_MULTI_QUEUE`` (one fd per queue; the device is not persistent, so it disappears
+when the last fd closes), turns IPv6 off on it (no router solicitations or MLD reports
+mixed into the guest's traffic) and brings it up.  QEMU gets the fds
+(``-netdev tap,fds=a:b:...``); once QEMU holds them we drop ours with ``release()`` —
+a queue fd nobody reads would swallow the frames the tap steers to it.
+
+Frames written on the host side of the tap with an AF_PACKET socket (``send``) arrive
+in the guest.  Sending is paced (small batches, a pause between) so that a slow TCG guest
+does not make the tap's queue overflow.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import itertools
+import os
+import socket
+import struct
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterable
+
+from .errors import HashlabError
+
+TUNSETIFF = 0x400454CA
+TUNSETPERSIST = 0x400454CB
+IFF_TAP = 0x0002
+IFF_NO_PI = 0x1000
+IFF_MULTI_QUEUE = 0x0100
+IFF_VNET_HDR = 0x4000
+TUN_DEV = "/dev/net/tun"
+SYS_NET = Path("/sys/class/net")
+
+_counter = itertools.count()
+
+
+class TapError(HashlabError):
+    exit_status = 3
+
+
+def default_name() -> str:
+    return f"hl{os.getpid() % 100000}t{next(_counter)}"[:15]
+
+
+def exists(name: str) -> bool:
+    return (SYS_NET / name).exists()
+
+
+class Tap:
+    """``with Tap(2) as tap: ... tap.fds ... tap.release() ... tap.send(frames)``."""
+
+    def __init__(self, queues: int = 1, name: str | None = None):
+        if not 1 <= queues <= 256:
+            raise TapError(f"tap queue count {queues} out of range")
+        self.queues = queues
+        self.name = name or default_name()
+        self.fds: list[int] = []
+        self._created = False
+
+    # -------------------------------------------------------------- lifecycle
+    def create(self) -> "Tap":
+        if exists(self.name):
+            raise TapError(f"network interface {self.name} already exists")
+        flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE
+        ifr = struct.pack("16sH22x", self.name.encode(), flags)
+        try:
+            for _ in range(self.queues):
+                fd = os.open(TUN_DEV, os.O_RDWR | os.O_CLOEXEC)
+                self.fds.append(fd)
+                fcntl.ioctl(fd, TUNSETIFF, ifr)
+                self._created = True
+        except OSError as e:
+            self.delete()
+            raise TapError(f"cannot create tap {self.name} ({self.queues} queues) on "
+                           f"{TUN_DEV}: {e} (needs root and the tun module)") from e
+        try:
+            v6 = Path(f"/proc/sys/net/ipv6/conf/{self.name}/disable_ipv6")
+            if v6.exists():
+                v6.write_text("1\n")
+            self._ip("link", "set", "dev", self.name, "up")
+        except BaseException:
+            self.delete()
+            raise
+        return self
+
+    def _ip(self, *args: str) -> None:
+        r = subprocess.run(["ip", *args], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise TapError(f"ip {' '.join(args)}: {r.stderr.strip()}")
+
+    def netdev_arg(self, netdev_id: str = "net0", extra: str = "") -> str:
+        """``-netdev`` value handing QEMU our queue fds (vhost off unless EXTRA says so)."""
+        opts = f"tap,id={netdev_id},fds={':'.join(map(str, self.fds))}"
+        if "vhost=" not in extra:
+            opts += ",vhost=off"
+        return opts + (f",{extra}" if extra else "")
+
+    def release(self) -> None:
+        """Close our copies of the queue fds (QEMU keeps its own)."""
+        for fd in self.fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fds = []
+
+    def delete(self) -> None:
+        """Close our fds and make sure the device is gone (idempotent)."""
+        self.release()
+        if not self._created:
+            return
+        if exists(self.name):
+            # Nobody else should hold it; if it was made persistent, undo that.
+            try:
+                fd = os.open(TUN_DEV, os.O_RDWR | os.O_CLOEXEC)
+                try:
+                    ifr = struct.pack("16sH22x", self.name.encode(),
+                                      IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE)
+                    fcntl.ioctl(fd, TUNSETIFF, ifr)
+                    fcntl.ioctl(fd, TUNSETPERSIST, 0)
+                finally:
+                    os.close(fd)
+            except OSError:
+                pass
+        self._created = False
+
+    def __enter__(self) -> "Tap":
+        return self.create()
+
+    def __exit__(self, *exc) -> None:
+        self.delete()
+
+    # -------------------------------------------------------------- statistics
+    def stats(self) -> dict[str, int]:
+        out = {}
+        d = SYS_NET / self.name / "statistics"
+        for f in ("tx_packets", "tx_dropped", "tx_errors", "rx_packets"):
+            try:
+                out[f] = int((d / f).read_text())
+            except (OSError, ValueError):
+                out[f] = -1
+        return out
+
+    # -------------------------------------------------------------- sending
+    def send(self, frames: Iterable[bytes], batch: int = 16, pause: float = 0.02) -> int:
+        """Write FRAMES on the tap (they reach the guest); returns how many were sent."""
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+        try:
+            s.bind((self.name, 0))
+            n = 0
+            for i, data in enumerate(frames):
+                for attempt in range(100):
+                    try:
+                        s.send(bytes(data))
+                        break
+                    except (BlockingIOError, InterruptedError):
+                        time.sleep(pause)
+                    except OSError as e:
+                        if e.errno != errno.ENOBUFS:  # ENOBUFS: queue full, back off
+                            raise TapError(f"sending a {len(data)}-byte frame on "
+                                           f"{self.name}: {e}") from e
+                        time.sleep(pause)
+                else:
+                    raise TapError(f"{self.name}: transmit queue stays full; "
+                                   f"sent {n} frames")
+                n += 1
+                if (i + 1) % batch == 0:
+                    time.sleep(pause)
+            return n
+        finally:
+            s.close()
