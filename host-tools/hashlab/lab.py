@@ -29,11 +29,8 @@ from .paths import REPO, cache_root
 # Panics, oopses and warnings as the kernel prints them on the console.
 PANIC_RE = re.compile(r"Kernel panic - not syncing|---\[ end Kernel panic")
 OOPS_RE = re.compile(r"\bOops:|BUG: |WARNING: CPU: \d+ PID: |general protection fault")
-# printk lines carry a "[    1.234567]" stamp; everything else on vng's stderr is the
-# command's own stderr.
-CONSOLE_RE = re.compile(r"^\s*\[\s*\d+\.\d+\]")
 STATUS_MARK = "hashlab-lab-status="
-STATUS_RE = re.compile(STATUS_MARK + r"(\d+)")
+STATUS_RE = re.compile(STATUS_MARK + r"(\d+)$")
 
 
 class LabError(HashlabError):
@@ -112,8 +109,8 @@ def run(
 ) -> LabResult:
     """Boot the lab VM, run ``command`` as root in it, return its exit status.
 
-    The command's stdout goes to ours; its stderr too, while the kernel console goes to
-    the log (and to our stderr with ``verbose``).  Raises LabPanic when the kernel
+    The command's stdout and stderr (merged) go to our stdout; the kernel console goes
+    to the log (and to our stderr with ``verbose``).  Raises LabPanic when the kernel
     panics, LabHang when nothing finishes within ``timeout`` x the load factor, and
     LabError when the VM ends without reporting a status.
     """
@@ -130,8 +127,9 @@ def run(
     if env:
         script = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " " + script
     # The status marker tells "the command exited N" from "the VM died" (vng says 255
-    # for both).
-    script = f"cd {shlex.quote(str(cwd))} && ( {script} ); echo {STATUS_MARK}$? >&2"
+    # for both).  The command's stderr joins its stdout: vng's own stderr carries the
+    # kernel console, which goes to the log.
+    script = f"cd {shlex.quote(str(cwd))} && ( {script} ) 2>&1; echo {STATUS_MARK}$?"
 
     log = log or Path(
         tempfile.mkstemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), suffix=".log", dir=log_dir())[1]
@@ -155,14 +153,14 @@ def run(
         logf.write(f"# {shlex.join(argv)}\n# timeout {limit:.0f}s\n")
         logf.flush()
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, env=envp,
-            start_new_session=True,
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=envp, start_new_session=True,
         )
         panicked = threading.Event()
         oopses: list[str] = []
         reported: list[int] = []
 
-        def pump() -> None:
+        def pump_console() -> None:
             for raw in proc.stderr:
                 line = raw.decode(errors="replace")
                 logf.write(line)
@@ -171,27 +169,36 @@ def run(
                     panicked.set()
                 if OOPS_RE.search(line):
                     oopses.append(line.strip())
-                m = STATUS_RE.search(line)
+                if verbose:
+                    sys.stderr.write(line)
+
+        def pump_output() -> None:
+            for raw in proc.stdout:
+                line = raw.decode(errors="replace")
+                m = STATUS_RE.match(line)
                 if m:
                     reported.append(int(m.group(1)))
                     continue
-                if verbose or not CONSOLE_RE.match(line):
-                    sys.stderr.write(line)
+                sys.stdout.write(line)
+                sys.stdout.flush()
 
-        reader = threading.Thread(target=pump, daemon=True)
-        reader.start()
+        readers = [threading.Thread(target=f, daemon=True) for f in (pump_console, pump_output)]
+        for r in readers:
+            r.start()
         try:
             proc.wait(timeout=limit)
         except subprocess.TimeoutExpired:
             _kill(proc)
-            reader.join(5)
+            for r in readers:
+                r.join(5)
             if panicked.is_set():
                 raise LabPanic("kernel panicked", log, argv)
             raise LabHang(f"did not finish within {limit:.0f}s", log, argv)
         except BaseException:
             _kill(proc)
             raise
-        reader.join(10)
+        for r in readers:
+            r.join(10)
     seconds = time.monotonic() - t0
     if panicked.is_set():
         raise LabPanic("kernel panicked", log, argv)

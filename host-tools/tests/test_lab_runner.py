@@ -1,0 +1,44 @@
+"""`hashlab lab` from the outside: exit statuses, and a panic told apart from a failure.
+
+These boot the lab VM from the host (marker ``labvm``); scripts/test runs them in the lab
+tier, after the lab kernel is built.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.labvm
+
+
+def hashlab_lab(*cmd: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hashlab", "lab", "--", *cmd],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_lab_runs_the_lab_kernel():
+    r = hashlab_lab("cat", "/proc/version")
+    assert r.returncode == 0, r.stderr
+    release = subprocess.run([sys.executable, "-m", "hashlab", "build", "kernel", "--print-path"],
+                             capture_output=True, text=True, check=True).stdout.split()[-1]
+    with open(f"{release}/kernel.release") as f:
+        assert f.read().strip() in r.stdout
+
+
+def test_lab_passes_the_exit_status_through():
+    r = hashlab_lab("sh", "-c", "echo out; echo err >&2; exit 7")
+    assert r.returncode == 7
+    assert "out" in r.stdout and "err" in r.stdout
+    assert "console log:" in r.stderr
+
+
+def test_lab_kernel_panic_is_a_panic():
+    r = hashlab_lab("sh", "-c", "echo 1 > /proc/sys/kernel/sysrq; echo c > /proc/sysrq-trigger; sleep 60")
+    assert r.returncode == 5, (r.returncode, r.stderr[-2000:])
+    assert "kernel panicked" in r.stderr and "console log:" in r.stderr
+    log = r.stderr.split("console log:")[1].split()[0]
+    with open(log) as f:
+        assert "Kernel panic" in f.read()
