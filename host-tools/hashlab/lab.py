@@ -138,8 +138,9 @@ def run(
     argv = [
         vng, "--run", str(kernel), "--disable-kvm", "--force-9p", "--verbose",
         "--cpus", str(cpus), "--memory", memory, "--cwd", str(cwd),
-        # The repo stays writable so results written in the lab reach the host.
-        "--rwdir", str(REPO),
+        # The repo stays writable so results written in the lab reach the host; the
+        # build cache must be passed explicitly, as virtme-ng puts a tmpfs on /var/cache.
+        "--rwdir", str(REPO), "--rwdir", str(cache_root()),
     ]
     for d in rwdirs:
         argv += ["--rwdir", str(d)]

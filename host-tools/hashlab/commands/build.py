@@ -1,5 +1,86 @@
-"""Placeholder: the 'build' command group is not implemented yet."""
+"""`hashlab build kernel|qemu|guest`: build (or find in the cache) the lab's artefacts.
+
+Each sub-command prints where its cache entry is.  The builders live in
+``hashlab.build.<name>``; ``kernel`` is implemented here.  ``qemu`` and ``guest`` are
+registered only when their modules exist and provide ``register_cli(sub)`` (add the
+sub-command's parser and set ``func``), so a missing or broken optional builder never
+stops ``hashlab build kernel`` from working.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+# Optional builders, owned by other parts of the lab: module -> what it builds.
+OPTIONAL_BUILDERS = {
+    "qemu": "hashlab.build.qemu",
+    "guest": "hashlab.build.guest",
+}
 
 
-def register(sub):
-    pass
+def _kernel(args: argparse.Namespace) -> int:
+    from ..build import kernel
+
+    path = kernel.ensure_kernel(force=args.force, jobs=args.jobs, nice=args.nice,
+                                keep_work=args.keep_work)
+    if args.print_path:
+        print(path)
+    else:
+        print(f"kernel: {path}")
+        print(f"  bzImage  {path / 'bzImage'}  ({(path / 'kernel.release').read_text().strip()})")
+        print(f"  headers  {path / 'headers' / 'include'}")
+        print(f"  libbpf   PKG_CONFIG_PATH={path / 'libbpf' / 'lib' / 'pkgconfig'}")
+        print(f"  bpftool  {path / 'bpftool'}")
+    return 0
+
+
+def _register_kernel(sub) -> None:
+    p = sub.add_parser(
+        "kernel",
+        help="the lab kernel (Debian linux-source + kernel/patches + kernel/lab.config)",
+        description="Build the lab kernel, its UAPI headers, libbpf and bpftool into the "
+        "content-keyed cache (or find them there) and say where they are.",
+    )
+    p.add_argument("--print-path", action="store_true",
+                   help="print only the cache entry's path (building it first if needed)")
+    p.add_argument("--force", action="store_true", help="rebuild even if the entry exists")
+    p.add_argument("-j", "--jobs", type=int, default=None,
+                   help="parallel make jobs (default: CPUs + 1)")
+    p.add_argument("--nice", type=int, default=10,
+                   help="run make under nice -n N (default 10; 0 disables)")
+    p.add_argument("--keep-work", action="store_true",
+                   help="keep the unpacked source and object tree after a successful build")
+    p.set_defaults(func=_kernel)
+
+
+def _register_optional(sub, name: str, module: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        return
+    try:
+        mod = importlib.import_module(module)
+    except Exception as e:  # a broken optional builder must not break the others
+        print(f"hashlab: warning: {module} failed to import: {e}", file=sys.stderr)
+        return
+    reg = getattr(mod, "register_cli", None)
+    if reg is not None:
+        reg(sub)
+
+
+def _build_parent(args: argparse.Namespace) -> int:
+    args.build_parser.print_help(sys.stderr)
+    return 2
+
+
+def register(sub) -> None:
+    p = sub.add_parser("build", help="build the lab's artefacts (kernel, qemu, guest)",
+                       description="Build the lab's artefacts into the content-keyed cache.")
+    p.set_defaults(func=_build_parent, build_parser=p)
+    bsub = p.add_subparsers(dest="build_what", metavar="WHAT")
+    _register_kernel(bsub)
+    # --- other builders: `hashlab build qemu`, `hashlab build guest` -------------------
+    # Implement `register_cli(sub)` in hashlab/build/qemu.py or hashlab/build/guest.py.
+    for name, module in OPTIONAL_BUILDERS.items():
+        _register_optional(bsub, name, module)
