@@ -3,15 +3,79 @@
 What a virtio-net device *should* report for a received Ethernet frame: the Toeplitz
 hash, the hash report type, and the RSS queue.  Follows virtio 1.3 §5.1.6.4.3 (see
 ``/work/shared/reference/virtio-net-hash.md`` §1, §2) and can also model the two QEMU
-implementations, whose differences are kept as small named branches (see
-:func:`hash_packet`).
+implementations exactly, parser included (``behaviour=``, see :func:`hash_packet`):
+
+* ``"spec"``: the virtio rules over :func:`parse_frame`'s parsing (the "truncated /
+  malformed" rules every hashlab component agrees on);
+* ``"qemu-software"``: QEMU 10.0's software path (hw/net/virtio-net.c
+  ``virtio_net_process_rss``): net/eth.c ``eth_get_protocols`` parses, hw/net/net_rx_pkt.c
+  ``net_rx_pkt_calc_rss_hash`` hashes, ``virtio_net_get_hash_type`` selects;
+* ``"qemu-ebpf"``: upstream QEMU 10.0's ``tools/ebpf/rss.bpf.c`` (``tun_rss_steering_prog``,
+  the program *before* hashlab's patches), which selects a queue only; the report we give
+  is the spec type of the bytes it hashed.  Its IP header is read at the kernel's
+  network header, which depends on how the frame reached the program
+  (``ebpf_context``: ``"af_packet"``, the lab's tap path, or ``"test_run"``,
+  ``BPF_PROG_TEST_RUN``).
+
+Named divergences
+-----------------
+Every way a QEMU behaviour departs from ``"spec"`` is a small named branch in the code
+(grep for the name); ``DIVERGENCES`` holds the same table.  Verified against
+QEMU 10.0.13's source (Debian ``qemu_10.0.13+ds``).
+
+==================================  =============  ==================================================================
+name                                behaviour      where (QEMU), what
+==================================  =============  ==================================================================
+qemu-software-ex-without-ext        qemu-software  virtio_net_get_hash_type: an enabled _EX type wins whenever
+                                                   the L4 protocol matches, extension headers or not
+qemu-software-l4-before-ip-ex       qemu-software  virtio_net_get_hash_type: with extension headers TCP/UDP take
+                                                   TCPv6/UDPv6 before IPv6_EX
+qinq-8100-8100-not-parsed           qemu-software  eth_get_l2_hdr_length: 0x8100 skips one tag, 0x88a8 two only
+                                                   when the inner TPID is 0x8100, else one; 0x9100 is no tag
+ah-length-in-8-octet-units          qemu-software  eth_parse_ipv6_hdr: AH length taken as (len+1)*8, not (len+2)*4
+ipv4-ihl-not-validated              qemu-software  eth_get_protocols: IHL < 5 or options cut by the frame's end
+                                                   still IPv4; L4 header read at IHL*4
+tcp-data-offset-not-validated       qemu-software  eth_get_protocols: TCP data offset < 5 still TCP
+ipv6-version-not-checked            qemu-software  eth_parse_ipv6_hdr: the version nibble is not checked
+ipv6-ext-chain-unbounded            qemu-software  eth_parse_ipv6_hdr: no limit on the extension header chain
+truncated-ext-header-still-hashed   qemu-software  eth_parse_ipv6_hdr: only an extension header's first 2 bytes
+                                                   must be present; a cut header ends as IPv6 (address-only)
+mobility-header-is-ext-header       qemu-software  eth_is_ip6_extension_header_type: Mobility (135) is walked
+hao-from-last-dstopts-header        qemu-software  eth_parse_ipv6_hdr: every Destination Options header overwrites
+                                                   the Home Address (a later one without HAO clears it)
+rh2-from-last-routing-header        qemu-software  eth_parse_ipv6_hdr: every routing header with Hdr Ext Len 2
+                                                   overwrites the RH2 address (a later type 0 one clears it)
+hao-option-length-not-checked       qemu-software  _eth_get_rss_ex_src_addr: any option of type 0xC9 is a HAO;
+                                                   16 bytes after its type/length are read, whatever its length
+qemu-ebpf-base-type-first           qemu-ebpf      calculate_rss_hash: TCPv6/UDPv6/IPv6 select, the _EX type
+                                                   only substitutes HAO/RH2 (each when found); never _EX alone
+ebpf-network-header                 qemu-ebpf      parse_eth_type/parse_packet: EtherType at MAC offset 16 (0x8100)
+                                                   or 20 (0x88a8, whatever follows), no 0x9100; the IP header at
+                                                   the kernel's network header (``ebpf_context``)
+ebpf-ip-header-not-validated        qemu-ebpf      parse_packet: no IPv4/IPv6 version check, no IHL check
+ebpf-truncated-l4-no-hash           qemu-ebpf      parse_packet: a TCP/UDP header not completely present is an
+                                                   error: no hash at all (not the address-only rule)
+ebpf-tcp-data-offset-not-validated  qemu-ebpf      parse_packet: TCP data offset < 5 still TCP
+ebpf-ext-header-set                 qemu-ebpf      ip6_extension_header_type: ICMPv6 (58), No Next Header (59)
+                                                   and Mobility (135) are walked; AH (51) is not (ends the chain)
+ebpf-ext-chain-11                   qemu-ebpf      parse_ipv6_ext: 11 headers walked; with more the 12th header
+                                                   type is taken as L4 protocol (address-only hash)
+ebpf-truncated-ext-header           qemu-ebpf      parse_ipv6_ext: only 2 bytes (routing: 4, RH2: 24) of a header
+                                                   must be present; a cut chain hashes address-only or not at
+                                                   all, depending on what its next header is
+ebpf-hao-scan                       qemu-ebpf      parse_ipv6_ext: options scanned while offset+1 < Hdr Ext Len*8
+                                                   (at most 30), HAO length not checked, an option read past
+                                                   the frame = no hash, the last HAO found wins
+ebpf-rh2-last-wins                  qemu-ebpf      parse_ipv6_ext: a later RH2 overwrites an earlier one
+==================================  =============  ==================================================================
 
 Public API
 ----------
 ``HashType``, ``Report``, ``type_for_report``, ``report_for_type``, ``ALL_TYPES``,
-``LINUX_GUEST_TYPES``, ``MS_KEY``, ``BEHAVIOURS``, ``is_l4_report``, ``toeplitz``, ``parse_hash_types``,
-``hash_type_names``, ``parse_key``, ``parse_ethtool_x``, ``FrameInfo``, ``parse_frame``,
-``hash_input``, ``hash_packet``, ``select_queue``, ``RssConfig``, ``Expectation``.
+``LINUX_GUEST_TYPES``, ``MS_KEY``, ``BEHAVIOURS``, ``EBPF_CONTEXTS``, ``DIVERGENCES``,
+``Divergence``, ``is_l4_report``, ``toeplitz``, ``parse_hash_types``, ``hash_type_names``,
+``parse_key``, ``parse_ethtool_x``, ``FrameInfo``, ``parse_frame``, ``hash_input``,
+``hash_info``, ``hash_packet``, ``select_queue``, ``RssConfig``, ``Expectation``.
 """
 
 from __future__ import annotations
@@ -31,6 +95,9 @@ __all__ = [
     "LINUX_GUEST_TYPES",
     "MS_KEY",
     "BEHAVIOURS",
+    "EBPF_CONTEXTS",
+    "DIVERGENCES",
+    "Divergence",
     "is_l4_report",
     "toeplitz",
     "parse_hash_types",
@@ -40,6 +107,7 @@ __all__ = [
     "FrameInfo",
     "parse_frame",
     "hash_input",
+    "hash_info",
     "hash_packet",
     "select_queue",
     "RssConfig",
@@ -117,6 +185,82 @@ MS_KEY: bytes = bytes.fromhex(
 """The 40-byte Microsoft verification key (also Linux's and QEMU's usual default)."""
 
 BEHAVIOURS = ("spec", "qemu-software", "qemu-ebpf")
+
+EBPF_CONTEXTS = ("af_packet", "test_run")
+"""Where upstream's eBPF program finds the network header (``hash_packet(ebpf_context=)``):
+
+* ``"af_packet"``: frames written to the tap with an ``AF_PACKET``/``SOCK_RAW`` socket of
+  protocol 0 (hashlab's tap path): Linux's ``packet_parse_headers`` puts the network
+  header after the leading 0x8100/0x88a8 tags (``vlan_get_protocol_and_depth``: at most
+  7 tags, all present, else it stays at 14);
+* ``"test_run"``: ``BPF_PROG_TEST_RUN`` (``bpf_prog_test_run_skb``: ``eth_type_trans``,
+  then ``skb_reset_network_header``): always 14.
+"""
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """One named way a QEMU behaviour departs from ``"spec"`` (see the module docstring)."""
+
+    behaviour: str
+    where: str  # the QEMU function
+    what: str
+
+
+DIVERGENCES: dict[str, Divergence] = {
+    d[0]: Divergence(*d[1:])
+    for d in [
+        ("qemu-software-ex-without-ext", "qemu-software", "virtio_net_get_hash_type",
+         "an enabled _EX type wins whenever the L4 protocol matches, extension headers or not"),
+        ("qemu-software-l4-before-ip-ex", "qemu-software", "virtio_net_get_hash_type",
+         "with extension headers, TCP/UDP take TCPv6/UDPv6 before IPv6_EX"),
+        ("qinq-8100-8100-not-parsed", "qemu-software", "eth_get_l2_hdr_length",
+         "0x8100 skips one tag; 0x88a8 two only when the inner TPID is 0x8100; 0x9100 is no tag"),
+        ("ah-length-in-8-octet-units", "qemu-software", "eth_parse_ipv6_hdr",
+         "AH length taken as (len+1)*8 instead of (len+2)*4"),
+        ("ipv4-ihl-not-validated", "qemu-software", "eth_get_protocols",
+         "IHL < 5, or options cut by the frame's end, still IPv4; L4 header read at IHL*4"),
+        ("tcp-data-offset-not-validated", "qemu-software", "eth_get_protocols",
+         "a TCP header with data offset < 5 still counts as TCP"),
+        ("ipv6-version-not-checked", "qemu-software", "eth_parse_ipv6_hdr",
+         "ethertype 0x86dd with any IP version is parsed as IPv6"),
+        ("ipv6-ext-chain-unbounded", "qemu-software", "eth_parse_ipv6_hdr",
+         "no limit on the extension header chain"),
+        ("truncated-ext-header-still-hashed", "qemu-software", "eth_parse_ipv6_hdr",
+         "only an extension header's first 2 bytes must be present; a header cut by the "
+         "frame's end leaves the packet IPv6 (address-only hash)"),
+        ("mobility-header-is-ext-header", "qemu-software", "eth_is_ip6_extension_header_type",
+         "the Mobility header (135) is walked like an extension header"),
+        ("hao-from-last-dstopts-header", "qemu-software", "eth_parse_ipv6_hdr",
+         "every Destination Options header overwrites the Home Address (one without HAO clears it)"),
+        ("rh2-from-last-routing-header", "qemu-software", "eth_parse_ipv6_hdr",
+         "every routing header with Hdr Ext Len 2 overwrites the RH2 address (one that is no RH2 clears it)"),
+        ("hao-option-length-not-checked", "qemu-software", "_eth_get_rss_ex_src_addr",
+         "any option of type 0xC9 is a Home Address; the 16 bytes after its type/length are read"),
+        ("qemu-ebpf-base-type-first", "qemu-ebpf", "calculate_rss_hash",
+         "TCPv6/UDPv6/IPv6 select; the _EX type only substitutes HAO/RH2, each when found"),
+        ("ebpf-network-header", "qemu-ebpf", "parse_eth_type, parse_packet",
+         "EtherType read at MAC offset 16 (0x8100) or 20 (0x88a8, whatever follows), 0x9100 is "
+         "no tag; the IP header is read at the kernel's network header (ebpf_context)"),
+        ("ebpf-ip-header-not-validated", "qemu-ebpf", "parse_packet",
+         "no IPv4/IPv6 version check, no IHL check"),
+        ("ebpf-truncated-l4-no-hash", "qemu-ebpf", "parse_packet",
+         "a TCP/UDP header not completely present is an error: no hash at all"),
+        ("ebpf-tcp-data-offset-not-validated", "qemu-ebpf", "parse_packet",
+         "a TCP header with data offset < 5 still counts as TCP"),
+        ("ebpf-ext-header-set", "qemu-ebpf", "ip6_extension_header_type",
+         "ICMPv6 (58), No Next Header (59) and Mobility (135) are walked; AH (51) ends the chain"),
+        ("ebpf-ext-chain-11", "qemu-ebpf", "parse_ipv6_ext",
+         "11 headers are walked; with more, the 12th header's type is the L4 protocol"),
+        ("ebpf-truncated-ext-header", "qemu-ebpf", "parse_ipv6_ext",
+         "only 2 bytes of a header (routing 4, an RH2 24) must be present"),
+        ("ebpf-hao-scan", "qemu-ebpf", "parse_ipv6_ext",
+         "options scanned while offset+1 < Hdr Ext Len*8, at most 30; HAO length not checked; "
+         "an option read past the frame is an error; the last HAO found wins"),
+        ("ebpf-rh2-last-wins", "qemu-ebpf", "parse_ipv6_ext",
+         "a later Type 2 Routing Header overwrites an earlier one's address"),
+    ]
+}
 
 
 def is_l4_report(report: int) -> bool:
@@ -402,10 +546,13 @@ def _find_hao(frame: bytes, start: int, end: int) -> bytes | None:
     return None
 
 
-def parse_frame(frame: bytes) -> FrameInfo | None:
-    """Parse an Ethernet frame far enough to select a hash; ``None`` = no IP packet.
+def parse_frame(frame: bytes, behaviour: str = "spec", *, ebpf_context: str = "af_packet") -> FrameInfo | None:
+    """Parse an Ethernet frame as ``behaviour`` does; ``None`` = no hash at all.
 
-    Rules (the "truncated/malformed" rule every behaviour shares):
+    ``"qemu-software"`` and ``"qemu-ebpf"`` are QEMU's own parsers (see the module
+    docstring's divergence table); ``hao``/``rh2`` are then the addresses that
+    implementation would substitute.  The ``"spec"`` rules (the "truncated/malformed"
+    rule hashlab's components agree on):
 
     * Ethernet: 14 bytes; up to two VLAN tags (0x8100, 0x88a8, 0x9100) are skipped.
       A truncated tag, a third tag, or any ethertype but IPv4/IPv6 → ``None``.
@@ -417,7 +564,7 @@ def parse_frame(frame: bytes) -> FrameInfo | None:
       are walked (AH length is ``(len+2)*4``, the others ``(len+1)*8``).  If a header of
       the chain is not completely present, or the chain is longer than
       ``MAX_IPV6_EXT_HEADERS`` → ``None`` (the addresses are there, but the packet's
-      shape is unknown; QEMU drops such packets from IPv6 classification too).
+      shape is unknown; QEMU's software path hashes such a packet by address instead).
       A fragment header makes the packet a fragment (no L4 header), whatever its offset.
       The first Home Address option (type 0xC9, length 16) of any destination options
       header gives ``hao``; a routing header of type 2 with Hdr Ext Len 2 (one address)
@@ -427,6 +574,14 @@ def parse_frame(frame: bytes) -> FrameInfo | None:
       and falls to the address-only rule.
     """
     frame = bytes(frame)
+    if behaviour == "qemu-software":
+        return _parse_qemu_software(frame)
+    if behaviour == "qemu-ebpf":
+        if ebpf_context not in EBPF_CONTEXTS:
+            raise ValueError(f"unknown ebpf_context {ebpf_context!r}; valid: {', '.join(EBPF_CONTEXTS)}")
+        return _parse_qemu_ebpf(frame, ebpf_context)
+    if behaviour != "spec":
+        raise ValueError(f"unknown behaviour {behaviour!r}; valid: {', '.join(BEHAVIOURS)}")
     if len(frame) < 14:
         return None
     off = 12
@@ -514,6 +669,279 @@ def _parse_ipv6(frame: bytes, off: int, tags: int) -> FrameInfo | None:
     )
 
 
+# --------------------------------------------------------------------------- QEMU's software parser
+# A model of QEMU 10.0's net/eth.c as virtio_net_process_rss uses it (frame-relative
+# offsets; QEMU's own are shifted by the vnet header, which changes nothing).  Every
+# departure from parse_frame's spec rules is marked with its divergence name.
+
+ETH_P_8021Q = 0x8100
+ETH_P_8021AD = 0x88A8
+IPPROTO_ICMPV6 = 58
+IPPROTO_NONE = 59
+IPPROTO_MH = 135
+# eth_is_ip6_extension_header_type
+_QEMU_SW_EXT_HEADERS = frozenset(IPV6_EXT_HEADERS | {IPPROTO_MH})
+
+
+def _u16(frame: bytes, off: int) -> int:
+    return (frame[off] << 8) | frame[off + 1]
+
+
+def _parse_qemu_software(frame: bytes) -> FrameInfo | None:
+    """``eth_get_protocols`` (net/eth.c): what ``net_rx_pkt_calc_rss_hash`` hashes."""
+    n = len(frame)
+    # eth_get_l2_hdr_length_iov copies 18 bytes; with fewer it returns the frame length,
+    # so the L3 header would start at the frame's end: never IP.
+    if n < 18:
+        return None
+    # divergence "qinq-8100-8100-not-parsed" (eth_get_l2_hdr_length): 0x8100 skips one tag,
+    # 0x88a8 skips two only when the inner TPID is 0x8100; 0x9100 is not a tag at all.
+    outer = _u16(frame, 12)
+    if outer == ETH_P_8021Q:
+        l2 = 18
+    elif outer == ETH_P_8021AD:
+        l2 = 22 if _u16(frame, 16) == ETH_P_8021Q else 18
+    else:
+        l2 = 14
+    if n < l2:
+        return None  # eth_get_l3_proto cannot copy the EtherType: ETH_P_UNKNOWN
+    tags = (l2 - 14) // 4
+    proto = _u16(frame, l2 - 2)  # eth_get_l3_proto
+    if proto == ETH_P_IP:
+        if n < l2 + 20 or frame[l2] >> 4 != 4:
+            return None
+        # divergence "ipv4-ihl-not-validated" (eth_get_protocols): no IHL >= 5 check and
+        # no check that the IHL*4 header bytes are present; the L4 header is read at IHL*4.
+        l4off = l2 + (frame[l2] & 0x0F) * 4
+        fragment = (_u16(frame, l2 + 6) & 0x3FFF) != 0  # IP4_IS_FRAGMENT
+        l4, sport, dport = (None, 0, 0) if fragment else _qemu_sw_l4(frame, l4off, frame[l2 + 9])
+        return FrameInfo(4, frame[l2 + 12:l2 + 16], frame[l2 + 16:l2 + 20], l4, sport, dport,
+                         fragment=fragment, vlan_tags=tags)
+    if proto != ETH_P_IPV6:
+        return None
+    # eth_parse_ipv6_hdr
+    if n < l2 + 40:
+        return None
+    # divergence "ipv6-version-not-checked": the version nibble is never looked at.
+    nh = frame[l2 + 6]
+    p = l2 + 40
+    exts: list[int] = []
+    fragment = False
+    hao: bytes | None = None
+    rh2: bytes | None = None
+    # divergence "mobility-header-is-ext-header": 135 is in QEMU's extension header set.
+    # divergence "ipv6-ext-chain-unbounded": no limit on the number of headers.
+    while nh in _QEMU_SW_EXT_HEADERS:
+        # divergence "truncated-ext-header-still-hashed": only the 2-byte next-header /
+        # length pair must be present; the rest of a header may lie past the frame's end.
+        if n < p + 2:
+            return None
+        nxt, hlen_field = frame[p], frame[p + 1]
+        if nh == IPV6_EXT_ROUTING:
+            if hlen_field == 2:
+                # divergence "rh2-from-last-routing-header": each such header overwrites
+                # rss_ex_dst_valid (_eth_get_rss_ex_dst_addr: type 2, segleft 1, address
+                # present).
+                ok = n >= p + 24 and frame[p + 2] == 2 and frame[p + 3] == 1
+                rh2 = frame[p + 8:p + 24] if ok else None
+        elif nh == IPV6_EXT_DSTOPTS:
+            # divergence "hao-from-last-dstopts-header": each header overwrites rss_ex_src_valid.
+            hao = _qemu_sw_hao(frame, p, hlen_field)
+        elif nh == IPV6_EXT_FRAGMENT:
+            fragment = True
+        # divergence "ah-length-in-8-octet-units": AH too is (len+1)*8 bytes here.
+        p += (hlen_field + 1) * 8
+        exts.append(nh)
+        nh = nxt
+    l4, sport, dport = (None, 0, 0) if fragment else _qemu_sw_l4(frame, p, nh)
+    return FrameInfo(6, frame[l2 + 8:l2 + 24], frame[l2 + 24:l2 + 40], l4, sport, dport,
+                     fragment=fragment, has_ext=bool(exts), hao=hao, rh2=rh2, vlan_tags=tags,
+                     ext_headers=tuple(exts))
+
+
+def _qemu_sw_l4(frame: bytes, off: int, proto: int) -> tuple[str | None, int, int]:
+    """eth_get_protocols' L4 step: the whole TCP (20) / UDP (8) header must be present."""
+    if proto == IPPROTO_TCP:
+        # divergence "tcp-data-offset-not-validated": the data offset is not looked at.
+        if len(frame) < off + TCP_MIN_HEADER:
+            return None, 0, 0
+        return "tcp", _u16(frame, off), _u16(frame, off + 2)
+    if proto == IPPROTO_UDP:
+        if len(frame) < off + UDP_HEADER:
+            return None, 0, 0
+        return "udp", _u16(frame, off), _u16(frame, off + 2)
+    return None, 0, 0
+
+
+def _qemu_sw_hao(frame: bytes, hdr: int, hlen_field: int) -> bytes | None:
+    """_eth_get_rss_ex_src_addr: the Home Address of the destination options header at ``hdr``."""
+    n = len(frame)
+    left = (hlen_field + 1) * 8 - 2
+    p = hdr + 2
+    while left > 2:
+        if n < p + 2:  # the option's type and length (read even for Pad1)
+            return None
+        otype, olen = frame[p], frame[p + 1]
+        optlen = 1 if otype == IPV6_OPT_PAD1 else olen + 2
+        if optlen > left:
+            return None
+        if otype == IPV6_OPT_HOME_ADDRESS:
+            # divergence "hao-option-length-not-checked": 16 bytes are read after the
+            # type/length pair whatever the option's length says.
+            return frame[p + 2:p + 18] if n >= p + 18 else None
+        p += optlen
+        left -= optlen
+    return None
+
+
+# --------------------------------------------------------------------------- QEMU's eBPF parser
+# A model of upstream QEMU 10.0's tools/ebpf/rss.bpf.c parse_packet (before hashlab's
+# patches).  A failing bpf_skb_load_bytes_relative() is an error: the program computes
+# no hash (returns the default queue), modelled as None.
+
+# ip6_extension_header_type (divergence "ebpf-ext-header-set")
+_QEMU_EBPF_EXT_HEADERS = frozenset({IPV6_EXT_HOPOPTS, IPV6_EXT_ROUTING, IPV6_EXT_FRAGMENT,
+                                    IPPROTO_ICMPV6, IPPROTO_NONE, IPV6_EXT_DSTOPTS, IPPROTO_MH})
+QEMU_EBPF_MAX_EXT_HEADERS = 11  # IP6_EXTENSIONS_COUNT
+QEMU_EBPF_MAX_OPTIONS = 30  # IP6_OPTIONS_COUNT
+_LINUX_VLAN_MAX_DEPTH = 8  # include/linux/if_vlan.h VLAN_MAX_DEPTH
+
+
+def _af_packet_network_offset(frame: bytes) -> int:
+    """Linux ``packet_parse_headers``: the network header after the leading 802.1Q/802.1ad
+    tags (``__vlan_get_protocol_offset``), else at 14."""
+    n = len(frame)
+    t = _u16(frame, 12)
+    if t not in (ETH_P_8021Q, ETH_P_8021AD):
+        return 14
+    depth, budget = 14, _LINUX_VLAN_MAX_DEPTH
+    while True:
+        budget -= 1
+        if n < depth + 4 or budget == 0:
+            return 14
+        t = _u16(frame, depth + 2)
+        depth += 4
+        if t not in (ETH_P_8021Q, ETH_P_8021AD):
+            break
+    return depth if t != 0 else 14
+
+
+def _parse_qemu_ebpf(frame: bytes, context: str) -> FrameInfo | None:
+    n = len(frame)
+    # parse_eth_type: divergence "ebpf-network-header".  0x88a8 falls through to the 0x8100
+    # case: the EtherType is read 8 bytes on (two tags assumed), 0x8100 reads it 4 bytes on.
+    if n < 14:
+        return None
+    l3_proto = _u16(frame, 12)
+    if l3_proto in (ETH_P_8021AD, ETH_P_8021Q):
+        off = 20 if l3_proto == ETH_P_8021AD else 16
+        if n < off + 2:
+            return None
+        l3_proto = _u16(frame, off)
+    if l3_proto == 0:
+        return None
+    # ...but every IP-level read is relative to the kernel's network header.
+    net = _af_packet_network_offset(frame) if context == "af_packet" else 14
+    tags = (net - 14) // 4
+    if l3_proto == ETH_P_IP:
+        if n < net + 20:
+            return None
+        # divergence "ebpf-ip-header-not-validated": neither version nor IHL is checked.
+        fragment = (_u16(frame, net + 6) & 0x3FFF) != 0
+        l4 = _qemu_ebpf_l4(frame, net + (frame[net] & 0x0F) * 4, frame[net + 9], fragment)
+        if l4 is None:
+            return None
+        return FrameInfo(4, frame[net + 12:net + 16], frame[net + 16:net + 20], *l4,
+                         fragment=fragment, vlan_tags=tags)
+    if l3_proto != ETH_P_IPV6:
+        return None  # is_ipv4 == is_ipv6 == 0: nothing hashed
+    if n < net + 40:
+        return None
+    # divergence "ebpf-ip-header-not-validated": no version check for IPv6 either.
+    walked = _qemu_ebpf_ext(frame, frame[net + 6], net + 40)
+    if walked is None:
+        return None
+    proto, p, fragment, hao, rh2, exts = walked
+    l4 = _qemu_ebpf_l4(frame, p, proto, fragment)
+    if l4 is None:
+        return None
+    return FrameInfo(6, frame[net + 8:net + 24], frame[net + 24:net + 40], *l4, fragment=fragment,
+                     has_ext=bool(exts), hao=hao, rh2=rh2, vlan_tags=tags, ext_headers=exts)
+
+
+def _qemu_ebpf_ext(frame: bytes, proto: int, p: int):
+    """parse_ipv6_ext: (L4 protocol, its offset, fragment, HAO, RH2, headers) or None."""
+    n = len(frame)
+    fragment = False
+    hao: bytes | None = None
+    rh2: bytes | None = None
+    exts: list[int] = []
+    if proto not in _QEMU_EBPF_EXT_HEADERS:
+        return proto, p, fragment, hao, rh2, ()
+    # divergence "ebpf-ext-chain-11": after 11 headers the next type is the L4 protocol.
+    for _ in range(QEMU_EBPF_MAX_EXT_HEADERS):
+        # divergence "ebpf-truncated-ext-header": only these 2 bytes must be present.
+        if n < p + 2:
+            return None
+        nxt, hlen_field = frame[p], frame[p + 1]
+        if proto == IPV6_EXT_ROUTING:
+            if n < p + 4:
+                return None
+            if frame[p + 2] == 2 and hlen_field == 2 and frame[p + 3] == 1:
+                if n < p + 24:
+                    return None
+                rh2 = frame[p + 8:p + 24]  # divergence "ebpf-rh2-last-wins"
+        elif proto == IPV6_EXT_DSTOPTS:
+            found = _qemu_ebpf_hao(frame, p, hlen_field)
+            if found is False:
+                return None
+            if found is not None:
+                hao = found  # divergence "ebpf-hao-scan": the last HAO found wins
+        elif proto == IPV6_EXT_FRAGMENT:
+            fragment = True
+        exts.append(proto)
+        proto = nxt
+        p += (hlen_field + 1) * 8
+        if proto not in _QEMU_EBPF_EXT_HEADERS:
+            break
+    return proto, p, fragment, hao, rh2, tuple(exts)
+
+
+def _qemu_ebpf_hao(frame: bytes, hdr: int, hlen_field: int) -> bytes | None | bool:
+    """The DSTOPTS branch of parse_ipv6_ext: the HAO, None, or False for a load error.
+
+    Divergence "ebpf-hao-scan": the scan stops once ``offset + 1 >= Hdr Ext Len * 8``
+    (one unit short of the header's real end: an 8-byte header has its first option
+    examined only) or after 30 options; the HAO's length byte is not checked.
+    """
+    n = len(frame)
+    off = 2
+    for _ in range(QEMU_EBPF_MAX_OPTIONS):
+        if n < hdr + off + 2:
+            return False
+        otype, olen = frame[hdr + off], frame[hdr + off + 1]
+        if otype == IPV6_OPT_HOME_ADDRESS:
+            if n < hdr + off + 18:
+                return False
+            return frame[hdr + off + 2:hdr + off + 18]
+        off += 1 if otype == IPV6_OPT_PAD1 else olen + 2
+        if off + 1 >= hlen_field * 8:
+            break
+    return None
+
+
+def _qemu_ebpf_l4(frame: bytes, off: int, proto: int, fragment: bool):
+    """parse_packet's L4 step: (l4, sport, dport), or None when the load fails."""
+    if fragment or proto not in (IPPROTO_TCP, IPPROTO_UDP):
+        return None, 0, 0
+    need = TCP_MIN_HEADER if proto == IPPROTO_TCP else UDP_HEADER
+    # divergence "ebpf-truncated-l4-no-hash": a missing L4 header is an error.
+    # divergence "ebpf-tcp-data-offset-not-validated": the data offset is not looked at.
+    if len(frame) < off + need:
+        return None
+    return ("tcp" if proto == IPPROTO_TCP else "udp"), _u16(frame, off), _u16(frame, off + 2)
+
+
 # --------------------------------------------------------------------------- selection
 
 T = HashType
@@ -551,10 +979,13 @@ def _select_qemu_software(info: FrameInfo, types: int) -> Report:
 
     Divergences from the spec, IPv6 only (IPv4 is as in the spec):
 
-    * "qemu-software-ex-without-ext": an enabled _EX type wins whenever the L4 protocol
-      matches (and IPv6_EX before IPv6), with or without extension headers;
-    * "qemu-software-l4-before-ip-ex": with extension headers, a TCP/UDP packet takes
-      the plain TCPv6/UDPv6 rule before IPv6_EX (the spec tries IPv6_EX first).
+    * divergence "qemu-software-ex-without-ext": an enabled _EX type wins whenever the L4
+      protocol matches (and IPv6_EX before IPv6), with or without extension headers;
+    * divergence "qemu-software-l4-before-ip-ex": with extension headers, a TCP/UDP packet
+      takes the plain TCPv6/UDPv6 rule before IPv6_EX (the spec tries IPv6_EX first).
+
+    QEMU's FrameInfo comes from its own parser (``_parse_qemu_software``), whose ``hao``/
+    ``rh2`` are ``rss_ex_src``/``rss_ex_dst`` when valid (net_rx_pkt's ``_net_rx_rss_prepare_ip6``).
     """
     if info.family == 4:
         return _select_spec(info, types)
@@ -576,7 +1007,7 @@ def _select_qemu_software(info: FrameInfo, types: int) -> Report:
 
 
 def _select_qemu_ebpf(info: FrameInfo, types: int) -> tuple[Report, bool, bool]:
-    """QEMU's ``tools/ebpf/rss.bpf.c``: returns (rule, use HAO, use RH2).
+    """Upstream QEMU's ``tools/ebpf/rss.bpf.c`` ``calculate_rss_hash``: (rule, use HAO, use RH2).
 
     Divergence "qemu-ebpf-base-type-first": for IPv6 the TCPv6/UDPv6/IPv6 rule is chosen
     by the *plain* type only (an _EX type alone selects nothing); the matching _EX type
@@ -626,31 +1057,18 @@ def hash_input(info: FrameInfo, report: int, *, use_hao: bool | None = None,
     return data
 
 
-def hash_packet(frame: bytes, key: bytes, hash_types: int, behaviour: str = "spec") -> tuple[int, int]:
-    """``(hash_value, report)`` for an Ethernet frame; ``(0, Report.NONE)`` when unhashed.
+def hash_info(info: FrameInfo | None, key: bytes, hash_types: int, behaviour: str = "spec") -> tuple[int, int]:
+    """``(hash_value, report)`` for an already parsed frame, with ``behaviour``'s selection.
 
-    Frame parsing (VLAN, IPv4 options/fragments, IPv6 extension headers, truncation)
-    follows :func:`parse_frame`: no IP packet → NONE; an L4 header that is missing or
-    truncated, or a fragment → not TCP/UDP → the address-only rule.
-
-    ``behaviour``:
-
-    * ``"spec"``: virtio 1.3 (reference §2): IPv4 TCPv4 > UDPv4 > IPv4; IPv6 with
-      extension headers TCPv6_EX > UDPv6_EX > IPv6_EX (HAO replaces the source, RH2 the
-      destination, each when present), then as IPv6 without: TCPv6 > UDPv6 > IPv6.
-    * ``"qemu-software"``: QEMU's software path (divergences
-      "qemu-software-ex-without-ext" and "qemu-software-l4-before-ip-ex", see
-      ``_select_qemu_software``); _EX reports hash HAO/RH2 when present.
-    * ``"qemu-ebpf"``: QEMU's eBPF steering program (divergence
-      "qemu-ebpf-base-type-first", see ``_select_qemu_ebpf``); the report is the spec
-      type of the bytes hashed (the real program reports no type at all).
+    ``hash_info(parse_frame(f, b), key, types, b) == hash_packet(f, key, types, b)``; mixing
+    one behaviour's parser with another's selection separates parser from selection
+    divergences.
     """
     if behaviour not in BEHAVIOURS:
         raise ValueError(f"unknown behaviour {behaviour!r}; valid: {', '.join(BEHAVIOURS)}")
-    types = int(hash_types)
-    info = parse_frame(frame)
     if info is None:
         return 0, int(Report.NONE)
+    types = int(hash_types)
     if behaviour == "spec":
         report = _select_spec(info, types)
         data = hash_input(info, report)
@@ -663,6 +1081,34 @@ def hash_packet(frame: bytes, key: bytes, hash_types: int, behaviour: str = "spe
     if report == Report.NONE:
         return 0, int(Report.NONE)
     return toeplitz(key, data), int(report)
+
+
+def hash_packet(frame: bytes, key: bytes, hash_types: int, behaviour: str = "spec", *,
+                ebpf_context: str = "af_packet") -> tuple[int, int]:
+    """``(hash_value, report)`` for an Ethernet frame; ``(0, Report.NONE)`` when unhashed.
+
+    Never raises for any ``frame`` (with a key of at least 40 bytes).
+
+    ``behaviour``:
+
+    * ``"spec"``: virtio 1.3 (reference §2) over :func:`parse_frame`'s rules: no IP
+      packet → NONE; an L4 header that is missing or truncated, or a fragment → not
+      TCP/UDP → the address-only rule.  IPv4 TCPv4 > UDPv4 > IPv4; IPv6 with extension
+      headers TCPv6_EX > UDPv6_EX > IPv6_EX (HAO replaces the source, RH2 the
+      destination, each when present), then as IPv6 without: TCPv6 > UDPv6 > IPv6.
+    * ``"qemu-software"``: QEMU's software path, its parser included (the
+      ``qemu-software`` rows of the module's divergence table; selection in
+      ``_select_qemu_software``); _EX reports hash HAO/RH2 when QEMU found them.
+    * ``"qemu-ebpf"``: upstream QEMU's eBPF steering program, its parser included (the
+      ``qemu-ebpf`` rows; selection in ``_select_qemu_ebpf``); the report is the spec
+      type of the bytes hashed (the real program reports no type at all).
+      ``ebpf_context`` (:data:`EBPF_CONTEXTS`) says where the kernel put the network
+      header, which the program trusts.
+    """
+    if behaviour not in BEHAVIOURS:
+        raise ValueError(f"unknown behaviour {behaviour!r}; valid: {', '.join(BEHAVIOURS)}")
+    info = parse_frame(frame, behaviour, ebpf_context=ebpf_context)
+    return hash_info(info, key, hash_types, behaviour)
 
 
 def select_queue(hash_value: int, report: int, table: list[int], unclassified_queue: int) -> int:

@@ -5,18 +5,17 @@ enables any hash types (the _EX ones too) and reads the raw 20-byte receive head
 every frame.  Frames come from hashlab's corpus, injected into a multi-queue tap.
 
 Every received frame's exact ``hash_value``, ``hash_report`` and receive queue is
-checked against the oracle (``behaviour="qemu-software"``).  Where QEMU's *packet
-parser* differs from the oracle's parsing rules (found by this suite; the oracle models
-QEMU's selection rules, not its parser), the frames are checked exactly against
-``qemu_parser_expect`` below, a model of QEMU 10.0's net/eth.c, and each difference is
-pinned by a named test.  Spec-versus-QEMU divergences (reference §2) are pinned by name.
+checked against the oracle (``behaviour="qemu-software"``), which models QEMU 10.0's
+software path completely: its selection rules (virtio_net_get_hash_type) and its packet
+parser (net/eth.c).  The parser's departures from the spec's parsing rules (found by
+this suite, now named in ``hashlab.rss.DIVERGENCES``) and the spec-versus-QEMU
+selection divergences (reference §2) are pinned by name.
 """
 
 from __future__ import annotations
 
 import os
 import random
-import struct
 from collections import Counter
 
 import pytest
@@ -66,108 +65,9 @@ SETUPS = [
 ]
 
 
-# --------------------------------------------------------------------------- QEMU's parser
-# A model of QEMU 10.0's packet parsing for the software hash (net/eth.c:
-# eth_get_l2_hdr_length, eth_get_protocols, eth_parse_ipv6_hdr, the RSS-EX address
-# helpers; hw/net/net_rx_pkt.c: the hash input), in frame-relative offsets.
-
-_V6_EXT = {0, 43, 44, 51, 60, 135}  # hop-by-hop, routing, fragment, AH, dstopts, mobility
-
-
-def _qemu_hao(f: bytes, off: int, hlen_field: int) -> bytes | None:
-    left = (hlen_field + 1) * 8 - 2
-    p = off + 2
-    while left > 2:
-        if len(f) < p + 2:
-            return None
-        otype, olen = f[p], f[p + 1]
-        optlen = 1 if otype == 0 else olen + 2
-        if optlen > left:
-            return None
-        if otype == 0xC9:
-            addr = f[p + 2:p + 18]
-            return addr if len(addr) == 16 else None
-        p += optlen
-        left -= optlen
-    return None
-
-
-def qemu_parse(f: bytes):
-    """(family, src, dst, l4, sport, dport, ex_src, ex_dst) as QEMU sees it, or None."""
-    n = len(f)
-    if n < 18:
-        l2 = n
-    else:
-        et = struct.unpack_from("!H", f, 12)[0]
-        inner = struct.unpack_from("!H", f, 16)[0]
-        l2 = 18 if et == 0x8100 else (22 if inner == 0x8100 else 18) if et == 0x88A8 else 14
-    if l2 < 2 or n < l2:
-        return None
-    proto = struct.unpack_from("!H", f, l2 - 2)[0]
-    ex_src = ex_dst = None
-    if proto == 0x0800:
-        if n < l2 + 20 or f[l2] >> 4 != 4:
-            return None
-        fam, src, dst = 4, f[l2 + 12:l2 + 16], f[l2 + 16:l2 + 20]
-        frag = struct.unpack_from("!H", f, l2 + 6)[0] & 0x3FFF
-        ip_p = f[l2 + 9]
-        l4 = l2 + (f[l2] & 0x0F) * 4
-    elif proto == 0x86DD:
-        if n < l2 + 40:
-            return None
-        fam, src, dst = 6, f[l2 + 8:l2 + 24], f[l2 + 24:l2 + 40]
-        cur = f[l2 + 6]
-        full = 40
-        frag = False
-        ip_p = cur
-        while cur in _V6_EXT:
-            off = l2 + full
-            if n < off + 2:
-                return None
-            nxt, hlen = f[off], f[off + 1]
-            if cur == 43 and hlen == 2:
-                ok = n >= off + 24 and f[off + 2] == 2 and f[off + 3] == 1
-                ex_dst = f[off + 8:off + 24] if ok else None
-            elif cur == 60:
-                ex_src = _qemu_hao(f, off, hlen)
-            elif cur == 44:
-                frag = True
-            full += (hlen + 1) * 8
-            cur = ip_p = nxt
-        l4 = l2 + full
-    else:
-        return None
-    kind, sport, dport = None, 0, 0
-    if not frag:
-        if ip_p == 6 and n >= l4 + 20:
-            kind = "tcp"
-        elif ip_p == 17 and n >= l4 + 8:
-            kind = "udp"
-        if kind:
-            sport, dport = struct.unpack_from("!HH", f, l4)
-    return fam, src, dst, kind, sport, dport, ex_src, ex_dst
-
-
-def qemu_parser_expect(f: bytes, key: bytes, types: int) -> tuple[int, int]:
-    """(hash, report) of QEMU's software path, its own parser included."""
-    p = qemu_parse(f)
-    if p is None:
-        return 0, 0
-    fam, src, dst, kind, sport, dport, ex_src, ex_dst = p
-    info = rss.FrameInfo(fam, src, dst, kind, sport, dport)
-    report = rss._select_qemu_software(info, types)  # QEMU's selection (virtio_net_get_hash_type)
-    if report == R.NONE:
-        return 0, 0
-    if report in (R.IPv6_EX, R.TCPv6_EX, R.UDPv6_EX):
-        src, dst = ex_src or src, ex_dst or dst
-    data = bytes(src) + bytes(dst)
-    if R(report).is_l4:
-        data += struct.pack("!HH", sport, dport)
-    return rss.toeplitz(key, data), int(report)
-
-
-# Where QEMU's parser and the oracle's parsing rules part (corpus descriptions, without
-# the " #k").  Each is pinned by test_divergence_qemu_parser[...] below.
+# Where QEMU's parser and the spec's parsing rules part, on the corpus (descriptions
+# without the " #k"; names from hashlab.rss.DIVERGENCES).  Each is pinned by
+# test_divergence_qemu_parser[...] below.
 PARSER_DIVERGENCES = {
     "qinq-8100-8100-not-parsed": ["802.1Q+802.1Q ipv4 udp"],
     "ah-length-in-8-octet-units": ["ipv6 AH tcp", "ipv6 hbh+dst+rt0+AH+dst tcp",
@@ -248,30 +148,21 @@ def _report_name(v: int) -> str:
     return R(v).name if v in R._value2member_map_ else f"invalid-{v}"
 
 
-def check_outcome(out: Outcome) -> tuple[Counter, list[str], int]:
-    """Compare every received frame exactly; returns (reports counted, mismatches,
-    frames checked against the QEMU-parser model instead of the oracle)."""
+def check_outcome(out: Outcome) -> tuple[Counter, list[str]]:
+    """Compare every received frame exactly with the oracle (qemu-software);
+    returns (reports counted, mismatches)."""
     s = out.setup
     counts: Counter = Counter()
     bad: list[str] = []
-    by_model = 0
     for o in out.received:
         counts[_report_name(o.rx.hash_report)] += 1
-        if parser_divergence(o.frame):
-            by_model += 1
-            h, r = qemu_parser_expect(o.frame.data, s.key, s.hash_types)
-            q = rss.select_queue(h, r, list(s.table), s.unclassified_queue) % s.pairs if s.mode == "rss" else -1
-            what = "QEMU-parser model"
-        else:
-            e = s.expect(o.frame.data, "qemu-software")
-            h, r, q = e.hash, e.report, e.queue
-            what = "oracle (qemu-software)"
-        q_ok = o.rx.queue == q if q >= 0 else 0 <= o.rx.queue < s.pairs
-        if (o.rx.hash_value, o.rx.hash_report) != (h, r) or not q_ok:
+        e = s.expect(o.frame.data, "qemu-software")
+        q_ok = o.rx.queue == e.queue if e.queue >= 0 else 0 <= o.rx.queue < s.pairs
+        if (o.rx.hash_value, o.rx.hash_report) != (e.hash, e.report) or not q_ok:
             bad.append(f"{s.name}: frame {o.frame.id} ({o.frame.desc}): got {o.rx.hash_value:#010x} "
-                       f"report {o.rx.hash_report} queue {o.rx.queue}; {what} says {h:#010x} "
-                       f"report {r} queue {q}")
-    return counts, bad, by_model
+                       f"report {o.rx.hash_report} queue {o.rx.queue}; oracle (qemu-software) says "
+                       f"{e.hash:#010x} report {e.report} queue {e.queue}")
+    return counts, bad
 
 
 # --------------------------------------------------------------------------- tests
@@ -293,7 +184,7 @@ def test_qtest_negotiation_and_config(rig):
 @pytest.mark.parametrize("setup", SETUPS, ids=[s.name for s in SETUPS])
 def test_qtest_corpus_against_oracle(rig, tally, setup):
     out = outcome_for(rig, setup)
-    counts, bad, _ = check_outcome(out)
+    counts, bad = check_outcome(out)
     counts["_missing"] = len(out.missing)
     counts["_mismatch"] = len(bad)
     tally[setup.name] = counts
@@ -313,7 +204,7 @@ def test_qtest_checker_catches_a_wrong_expectation(rig):
                       out.setup.unclassified_queue, out.setup.pairs)
     bad = Outcome(wrong, out.observations).mismatches("qemu-software")
     hashed = sum(1 for o in out.received if o.rx.hash_report != 0)
-    # every hashed frame differs (plus the 802.1Q+802.1Q frames the oracle hashes and QEMU not)
+    # every hashed frame differs
     assert len(bad) >= hashed > 400
 
 
@@ -402,42 +293,59 @@ def test_qemu_fragments_hash_addresses_only(rig):
         assert o.rx.hash_report in (R.IPv4, R.IPv6_EX), o.frame.desc
 
 
-# Found by this suite: QEMU's packet parser (net/eth.c) versus the oracle's parsing rules.
+# Found by this suite: QEMU's packet parser (net/eth.c) versus the spec's parsing rules.
+# The oracle's qemu-software behaviour models each (rss.DIVERGENCES has the details);
+# these tests pin that real QEMU still does it and that it shows on the corpus.
 
-PARSER_DOCS = {
-    "qinq-8100-8100-not-parsed": "an outer 802.1Q tag followed by another 802.1Q tag: QEMU "
-        "skips one tag only (two only for 802.1ad outer), sees ethertype 0x8100: no hash",
-    "ah-length-in-8-octet-units": "IPv6 AH length taken as (len+1)*8 like the other extension "
-        "headers instead of (len+2)*4: QEMU reads 'ports' (or the next header) 16 bytes too far",
-    "ipv4-ihl-not-validated": "IHL < 5, or options cut short by truncation: QEMU still hashes "
-        "(TCP header read at IHL*4; address-only for a cut header)",
-    "tcp-data-offset-not-validated": "a TCP header with data offset 4 still counts as TCP",
-    "ipv6-version-not-checked": "ethertype 0x86dd with IP version 4 is parsed as IPv6",
-    "ipv6-ext-chain-unbounded": "17 extension headers: no chain limit, the TCP header is found",
-    "truncated-ext-header-still-hashed": "an extension header cut by truncation: QEMU keeps the "
-        "packet as IPv6 (address-only hash) where the oracle gives up (NONE)",
-}
+
+def _parser_only_differs(setup: HashSetup, frame) -> bool:
+    """QEMU's selection over the spec's parse versus over QEMU's own parse: isolates
+    the parser divergences from the selection ones."""
+    spec_parse = rss.hash_info(rss.parse_frame(frame.data, "spec"), setup.key, setup.hash_types,
+                               "qemu-software")
+    return spec_parse != rss.hash_packet(frame.data, setup.key, setup.hash_types, "qemu-software")
+
+
+def test_parser_divergences_are_named_in_the_oracle():
+    for name in PARSER_DIVERGENCES:
+        assert rss.DIVERGENCES[name].behaviour == "qemu-software", name
 
 
 @pytest.mark.parametrize("name", sorted(PARSER_DIVERGENCES))
 def test_divergence_qemu_parser(rig, name):
-    """QEMU matches the parser model exactly on every frame of the class, in every
-    configuration, and differs from the oracle on at least one frame (all types enabled)."""
+    """On the frames of the class QEMU matches the oracle's qemu-software behaviour
+    exactly, in every configuration, and at least one of them is hashed differently
+    under the spec (with the Linux guest's types, where the selection rules agree)."""
     descs = PARSER_DIVERGENCES[name]
     frames = [f for f in CORPUS if _base_desc(f) in descs]
     assert frames, f"no corpus frames for {name}"
     differ = 0
     for setup in SETUPS:
-        out = outcome_for(rig, setup)
-        for o in out.received:
+        for o in outcome_for(rig, setup).received:
             if _base_desc(o.frame) not in descs:
                 continue
-            h, r = qemu_parser_expect(o.frame.data, setup.key, setup.hash_types)
-            assert (o.rx.hash_value, o.rx.hash_report) == (h, r), f"{name}: {o.frame.desc} ({setup.name})"
-            if setup.name == "rss-all-mskey":
-                e = setup.expect(o.frame.data, "qemu-software")
-                differ += (e.hash, e.report) != (h, r)
-    assert differ > 0, f"{name}: {PARSER_DOCS[name]} -- but the oracle now agrees; drop the pin"
+            e = setup.expect(o.frame.data, "qemu-software")
+            assert (o.rx.hash_value, o.rx.hash_report) == (e.hash, e.report), f"{name}: {o.frame.desc} ({setup.name})"
+            if setup.name == "rss-linux-types-2q":
+                differ += _spec(setup, o.frame) != (e.hash, e.report)
+    doc = rss.DIVERGENCES[name].what
+    assert differ > 0, f"{name}: {doc} -- but spec and qemu-software now agree; drop the pin"
+
+
+def test_parser_divergences_are_exactly_the_named_frames():
+    """Spec and qemu-software differ, where their selection rules agree (the Linux
+    guest's types) and in QEMU's selection over either parse (every setup), only on the
+    frames of the named classes."""
+    linux = setup_named("rss-linux-types-2q")
+    stray = set()
+    for f in CORPUS:
+        if parser_divergence(f):
+            continue
+        if _spec(linux, f) != rss.hash_packet(f.data, linux.key, linux.hash_types, "qemu-software"):
+            stray.add(f.desc)
+        if any(_parser_only_differs(s, f) for s in SETUPS):
+            stray.add(f.desc)
+    assert not stray, f"unnamed parser divergences on: {sorted(stray)}"
 
 
 # --------------------------------------------------------------------------- other rigs
@@ -456,7 +364,7 @@ def test_finding_num_buffers_not_written_without_mrg_rxbuf(rig):
         out2 = run_setup(r2, setup, CORPUS.select(["ipv4-tcp", "ipv6-udp", "ipv6-hao"]))
         assert not out2.missing
         assert {o.rx.num_buffers for o in out2.received} == {1}
-        counts, bad, _ = check_outcome(out2)
+        counts, bad = check_outcome(out2)
         assert not bad, bad[:10]
 
 
@@ -466,7 +374,7 @@ def test_qtest_single_queue_tap():
         assert not r1.net.features & (1 << 22)
         setup = HashSetup("rss-all-1q-tap", ALL, RANDOM_KEY, "rss", (0,), 0, 1)
         out = run_setup(r1, setup, CORPUS)
-        counts, bad, _ = check_outcome(out)
+        counts, bad = check_outcome(out)
         assert not bad, bad[:10]
         assert not out.missing
 
