@@ -1,0 +1,453 @@
+"""A small ctypes wrapper over libbpf: open and load an object, find its programs and
+maps, update map elements, and run a program with ``BPF_PROG_TEST_RUN``.
+
+Enough for hashlab's differential tests and benchmarks of QEMU's RSS program; not a
+general binding.  By default it uses the ``libbpf.so`` of the kernel build entry
+(``hashlab build kernel --print-path``, subdirectory ``libbpf/``) when it exists, else
+the system's ``libbpf.so.1``; pass ``lib=`` to choose.
+
+Typical use::
+
+    with BpfObject.open(path, types={"tun_rss_vnet_hash_prog": PROG_TYPE_VNET_HASH},
+                        autoload={"tun_rss_steering_prog": False}) as obj:
+        obj.load()
+        obj.map("tap_rss_map_configurations").update(0, config_bytes)
+        res = obj.program("tun_rss_vnet_hash_prog").test_run(frame)
+        res.skb.vnet_hash_value
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from .errors import HashlabError, MissingToolError
+
+# enum bpf_prog_type values this module needs.
+PROG_TYPE_SOCKET_FILTER = 1
+PROG_TYPE_NETFILTER = 32
+# The lab kernel's series appends BPF_PROG_TYPE_VNET_HASH right after NETFILTER.
+PROG_TYPE_VNET_HASH = PROG_TYPE_NETFILTER + 1
+
+
+class BpfError(HashlabError):
+    """A libbpf or bpf(2) call failed; ``errno`` holds the error number."""
+
+    def __init__(self, what: str, err: int, log: str = ""):
+        self.errno = err
+        self.log = log
+        msg = f"{what}: {os.strerror(err)} (errno {err})"
+        if log:
+            msg += "\n" + log.rstrip()
+        super().__init__(msg)
+
+
+class SkBuff(ctypes.Structure):
+    """``struct __sk_buff`` (Linux 6.12 UAPI) with the lab series' vnet_* fields."""
+
+    _fields_ = [
+        ("len", ctypes.c_uint32),
+        ("pkt_type", ctypes.c_uint32),
+        ("mark", ctypes.c_uint32),
+        ("queue_mapping", ctypes.c_uint32),
+        ("protocol", ctypes.c_uint32),
+        ("vlan_present", ctypes.c_uint32),
+        ("vlan_tci", ctypes.c_uint32),
+        ("vlan_proto", ctypes.c_uint32),
+        ("priority", ctypes.c_uint32),
+        ("ingress_ifindex", ctypes.c_uint32),
+        ("ifindex", ctypes.c_uint32),
+        ("tc_index", ctypes.c_uint32),
+        ("cb", ctypes.c_uint32 * 5),
+        ("hash", ctypes.c_uint32),
+        ("tc_classid", ctypes.c_uint32),
+        ("data", ctypes.c_uint32),
+        ("data_end", ctypes.c_uint32),
+        ("napi_id", ctypes.c_uint32),
+        ("family", ctypes.c_uint32),
+        ("remote_ip4", ctypes.c_uint32),
+        ("local_ip4", ctypes.c_uint32),
+        ("remote_ip6", ctypes.c_uint32 * 4),
+        ("local_ip6", ctypes.c_uint32 * 4),
+        ("remote_port", ctypes.c_uint32),
+        ("local_port", ctypes.c_uint32),
+        ("data_meta", ctypes.c_uint32),
+        ("flow_keys", ctypes.c_uint64),
+        ("tstamp", ctypes.c_uint64),
+        ("wire_len", ctypes.c_uint32),
+        ("gso_segs", ctypes.c_uint32),
+        ("sk", ctypes.c_uint64),
+        ("gso_size", ctypes.c_uint32),
+        ("tstamp_type", ctypes.c_uint8),
+        ("_pad", ctypes.c_uint8 * 3),
+        ("hwtstamp", ctypes.c_uint64),
+        ("vnet_hash_value", ctypes.c_uint32),
+        ("vnet_hash_report", ctypes.c_uint16),
+        ("vnet_rss_queue", ctypes.c_uint16),
+    ]
+
+
+assert ctypes.sizeof(SkBuff) == 200 and SkBuff.hwtstamp.offset == 184
+assert SkBuff.vnet_hash_value.offset == 192
+SKB_SIZE_UPSTREAM = SkBuff.vnet_hash_value.offset  # __sk_buff without the series
+
+
+class _TestRunOpts(ctypes.Structure):
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("data_in", ctypes.c_void_p),
+        ("data_out", ctypes.c_void_p),
+        ("data_size_in", ctypes.c_uint32),
+        ("data_size_out", ctypes.c_uint32),
+        ("ctx_in", ctypes.c_void_p),
+        ("ctx_out", ctypes.c_void_p),
+        ("ctx_size_in", ctypes.c_uint32),
+        ("ctx_size_out", ctypes.c_uint32),
+        ("retval", ctypes.c_uint32),
+        ("repeat", ctypes.c_int),
+        ("duration", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("cpu", ctypes.c_uint32),
+        ("batch_size", ctypes.c_uint32),
+    ]
+
+
+_PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+
+
+def default_libbpf_path() -> str | None:
+    """The kernel entry's libbpf.so if that entry exists (never builds it), else None."""
+    env = os.environ.get("HASHLAB_LIBBPF")
+    if env:
+        return env
+    entry = os.environ.get("HASHLAB_KERNEL_ENTRY")
+    candidates = []
+    if entry:
+        candidates.append(Path(entry))
+    else:
+        try:
+            from .build.qemu import find_kernel_entry
+
+            found = find_kernel_entry(build=False)
+            if found:
+                candidates.append(found)
+        except Exception:  # the kernel builder may not be there yet
+            pass
+    for c in candidates:
+        for name in ("libbpf/libbpf.so", "libbpf/lib/libbpf.so", "libbpf/lib64/libbpf.so"):
+            if (c / name).exists():
+                return str(c / name)
+    return None
+
+
+class Libbpf:
+    """The loaded shared library with prototypes set, plus a captured log."""
+
+    _instances: dict[str, "Libbpf"] = {}
+
+    def __init__(self, path: str):
+        self.path = path
+        try:
+            lib = ctypes.CDLL(path, use_errno=True)
+        except OSError as e:
+            raise MissingToolError(f"cannot load libbpf from {path}: {e}") from e
+        self.lib = lib
+        self.log: list[str] = []
+        vp, cp, ci = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int
+        sig = {
+            "bpf_object__open_file": (vp, [cp, vp]),
+            "bpf_object__load": (ci, [vp]),
+            "bpf_object__close": (None, [vp]),
+            "bpf_object__find_program_by_name": (vp, [vp, cp]),
+            "bpf_object__find_map_by_name": (vp, [vp, cp]),
+            "bpf_program__set_type": (ci, [vp, ci]),
+            "bpf_program__set_autoload": (ci, [vp, ctypes.c_bool]),
+            "bpf_program__fd": (ci, [vp]),
+            "bpf_map__fd": (ci, [vp]),
+            "bpf_map_update_elem": (ci, [ci, vp, vp, ctypes.c_uint64]),
+            "bpf_map_lookup_elem": (ci, [ci, vp, vp]),
+            "bpf_prog_test_run_opts": (ci, [ci, ctypes.POINTER(_TestRunOpts)]),
+            "libbpf_set_print": (vp, [_PRINT_FN]),
+            "libbpf_major_version": (ctypes.c_uint32, []),
+            "libbpf_minor_version": (ctypes.c_uint32, []),
+        }
+        for name, (res, args) in sig.items():
+            fn = getattr(lib, name)
+            fn.restype = res
+            fn.argtypes = args
+        # Keep libbpf's messages (the verifier log among them) for error reports.
+        libc = ctypes.CDLL(None)
+        vsnprintf = libc.vsnprintf
+        vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p]
+
+        def _print(level, fmt, va):
+            buf = ctypes.create_string_buffer(4096)
+            vsnprintf(buf, len(buf), fmt, va)
+            if level <= 1:  # LIBBPF_WARN, LIBBPF_INFO
+                self.log.append(buf.value.decode(errors="replace"))
+            return 0
+
+        self._print_cb = _PRINT_FN(_print)
+        lib.libbpf_set_print(self._print_cb)
+
+    @property
+    def version(self) -> str:
+        return f"{self.lib.libbpf_major_version()}.{self.lib.libbpf_minor_version()}"
+
+    @classmethod
+    def get(cls, path: str | None = None) -> "Libbpf":
+        path = path or default_libbpf_path() or ctypes.util.find_library("bpf") or "libbpf.so.1"
+        if path not in cls._instances:
+            cls._instances[path] = Libbpf(path)
+        return cls._instances[path]
+
+    def take_log(self) -> str:
+        out = "".join(self.log)
+        self.log.clear()
+        return out
+
+
+@dataclass
+class TestRunResult:
+    retval: int
+    duration_ns: int
+    skb: SkBuff  # ctx_out
+    ctx_size_out: int
+    data_out: bytes
+
+
+class Program:
+    def __init__(self, obj: "BpfObject", ptr: int, name: str):
+        self.obj, self.ptr, self.name = obj, ptr, name
+
+    def set_type(self, prog_type: int) -> None:
+        err = self.obj.lib.lib.bpf_program__set_type(self.ptr, prog_type)
+        if err:
+            raise BpfError(f"set type of {self.name}", -err)
+
+    def set_autoload(self, on: bool) -> None:
+        err = self.obj.lib.lib.bpf_program__set_autoload(self.ptr, on)
+        if err:
+            raise BpfError(f"set autoload of {self.name}", -err)
+
+    @property
+    def fd(self) -> int:
+        return self.obj.lib.lib.bpf_program__fd(self.ptr)
+
+    def test_run(
+        self,
+        data: bytes,
+        ctx_in: SkBuff | bytes | None = None,
+        repeat: int = 1,
+        data_out_size: int = 0,
+    ) -> TestRunResult:
+        """Run the program once (or ``repeat`` times) on ``data`` (an Ethernet frame).
+
+        ``ctx_in`` defaults to an all-zero ``struct __sk_buff``; ``ctx_out`` is always
+        requested and returned as ``SkBuff``.  Kernels without the series return only
+        the first 192 bytes of it (``ctx_size_out``), leaving the vnet_* fields zero.
+        """
+        lib = self.obj.lib.lib
+        fd = self.fd
+        if fd < 0:
+            raise BpfError(f"program {self.name} is not loaded", errno.EBADF)
+        din = ctypes.create_string_buffer(bytes(data), len(data))
+        if ctx_in is None:
+            ctx_in = SkBuff()
+        cin = ctypes.create_string_buffer(bytes(ctx_in), len(bytes(ctx_in)))
+        cout = SkBuff()
+        dout = ctypes.create_string_buffer(max(data_out_size, 1))
+        opts = _TestRunOpts()
+        opts.sz = ctypes.sizeof(_TestRunOpts)
+        opts.data_in = ctypes.cast(din, ctypes.c_void_p)
+        opts.data_size_in = len(data)
+        if data_out_size:
+            opts.data_out = ctypes.cast(dout, ctypes.c_void_p)
+            opts.data_size_out = data_out_size
+        opts.ctx_in = ctypes.cast(cin, ctypes.c_void_p)
+        opts.ctx_size_in = len(cin.raw)
+        opts.ctx_out = ctypes.addressof(cout)
+        opts.ctx_size_out = ctypes.sizeof(cout)
+        opts.repeat = repeat
+        err = lib.bpf_prog_test_run_opts(fd, ctypes.byref(opts))
+        if err:
+            raise BpfError(f"BPF_PROG_TEST_RUN of {self.name}", ctypes.get_errno() or -err)
+        return TestRunResult(
+            retval=opts.retval,
+            duration_ns=opts.duration,
+            skb=cout,
+            ctx_size_out=opts.ctx_size_out,
+            data_out=dout.raw[: opts.data_size_out] if data_out_size else b"",
+        )
+
+
+class Map:
+    def __init__(self, obj: "BpfObject", ptr: int, name: str):
+        self.obj, self.ptr, self.name = obj, ptr, name
+
+    @property
+    def fd(self) -> int:
+        return self.obj.lib.lib.bpf_map__fd(self.ptr)
+
+    @staticmethod
+    def _key(key: int | bytes) -> bytes:
+        return struct.pack("<I", key) if isinstance(key, int) else bytes(key)
+
+    def update(self, key: int | bytes, value: bytes, flags: int = 0) -> None:
+        k = ctypes.create_string_buffer(self._key(key))
+        v = ctypes.create_string_buffer(bytes(value), len(value))
+        if self.obj.lib.lib.bpf_map_update_elem(self.fd, k, v, flags):
+            raise BpfError(f"update {self.name}[{key!r}]", ctypes.get_errno())
+
+    def lookup(self, key: int | bytes, value_size: int) -> bytes:
+        k = ctypes.create_string_buffer(self._key(key))
+        v = ctypes.create_string_buffer(value_size)
+        if self.obj.lib.lib.bpf_map_lookup_elem(self.fd, k, v):
+            raise BpfError(f"lookup {self.name}[{key!r}]", ctypes.get_errno())
+        return v.raw
+
+
+class BpfObject:
+    """A ``struct bpf_object`` opened from an ELF file; close it (or use ``with``)."""
+
+    def __init__(self, lib: Libbpf, ptr: int, path: str):
+        self.lib, self.ptr, self.path = lib, ptr, path
+        self.loaded = False
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        types: dict[str, int] | None = None,
+        autoload: dict[str, bool] | None = None,
+        lib: Libbpf | str | None = None,
+    ) -> "BpfObject":
+        if not isinstance(lib, Libbpf):
+            lib = Libbpf.get(lib)
+        lib.take_log()
+        ptr = lib.lib.bpf_object__open_file(str(path).encode(), None)
+        if not ptr:
+            raise BpfError(f"open {path}", ctypes.get_errno() or errno.EINVAL, lib.take_log())
+        obj = cls(lib, ptr, str(path))
+        try:
+            for name, t in (types or {}).items():
+                obj.program(name).set_type(t)
+            for name, on in (autoload or {}).items():
+                obj.program(name).set_autoload(on)
+        except BaseException:
+            obj.close()
+            raise
+        return obj
+
+    def program(self, name: str) -> Program:
+        p = self.lib.lib.bpf_object__find_program_by_name(self.ptr, name.encode())
+        if not p:
+            raise BpfError(f"no program {name} in {self.path}", errno.ENOENT)
+        return Program(self, p, name)
+
+    def map(self, name: str) -> Map:
+        m = self.lib.lib.bpf_object__find_map_by_name(self.ptr, name.encode())
+        if not m:
+            raise BpfError(f"no map {name} in {self.path}", errno.ENOENT)
+        return Map(self, m, name)
+
+    def load(self) -> None:
+        self.lib.take_log()
+        err = self.lib.lib.bpf_object__load(self.ptr)
+        if err:
+            raise BpfError(f"load {self.path}", -err, self.lib.take_log())
+        self.loaded = True
+
+    def close(self) -> None:
+        if self.ptr:
+            self.lib.lib.bpf_object__close(self.ptr)
+            self.ptr = None
+
+    def __enter__(self) -> "BpfObject":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# --- QEMU's RSS program: the map layout ebpf/ebpf_rss.c writes -----------------------
+
+RSS_PROG_SOCKET = "tun_rss_steering_prog"
+RSS_PROG_VNET_HASH = "tun_rss_vnet_hash_prog"
+RSS_MAP_CONFIG = "tap_rss_map_configurations"
+RSS_MAP_KEY = "tap_rss_map_toeplitz_key"
+RSS_MAP_TABLE = "tap_rss_map_indirection_table"
+RSS_TABLE_MAX = 128
+RSS_KEY_SIZE = 40
+
+
+def rss_config_bytes(
+    redirect: bool, populate_hash: bool, hash_types: int, indirections_len: int, default_queue: int
+) -> bytes:
+    """struct EBPFRSSConfig: packed {u8 redirect; u8 populate_hash; u32 hash_types;
+    u16 indirections_len; u16 default_queue;} in host byte order."""
+    return struct.pack(
+        "=BBIHH", int(redirect), int(populate_hash), hash_types, indirections_len, default_queue
+    )
+
+
+def rss_key_bytes(key: bytes) -> bytes:
+    """The 40-byte key as ebpf_rss.c stores it: first word host-endian, rest as is."""
+    key = bytes(key).ljust(RSS_KEY_SIZE, b"\0")[:RSS_KEY_SIZE]
+    first = struct.unpack(">I", key[:4])[0]
+    return struct.pack("=I", first) + key[4:]
+
+
+def configure_rss(
+    obj: BpfObject,
+    key: bytes,
+    hash_types: int,
+    table: list[int] | None = None,
+    default_queue: int = 0,
+    redirect: bool = True,
+    populate_hash: bool = True,
+) -> None:
+    """Fill the three maps the way QEMU does for RSS_CONFIG (redirect) or HASH_CONFIG."""
+    table = list(table or [0])
+    if len(table) > RSS_TABLE_MAX or len(table) & (len(table) - 1):
+        raise ValueError(f"indirection table length {len(table)} is not a power of two <= 128")
+    obj.map(RSS_MAP_CONFIG).update(
+        0, rss_config_bytes(redirect, populate_hash, hash_types, len(table), default_queue)
+    )
+    obj.map(RSS_MAP_KEY).update(0, rss_key_bytes(key))
+    tmap = obj.map(RSS_MAP_TABLE)
+    for i in range(RSS_TABLE_MAX):
+        tmap.update(i, struct.pack("=H", table[i] if i < len(table) else 0))
+
+
+def open_rss_object(path: str | Path, form: str = "vnet_hash", lib=None) -> BpfObject:
+    """Open QEMU's rss.bpf.o with only one of its programs set to load.
+
+    ``form`` is "vnet_hash" (BPF_PROG_TYPE_VNET_HASH, needs the lab kernel) or
+    "socket" (a socket filter, loads on any kernel).
+    """
+    if form == "vnet_hash":
+        types = {RSS_PROG_VNET_HASH: PROG_TYPE_VNET_HASH}
+        autoload = {RSS_PROG_SOCKET: False, RSS_PROG_VNET_HASH: True}
+    elif form == "socket":
+        types = {RSS_PROG_SOCKET: PROG_TYPE_SOCKET_FILTER}
+        autoload = {RSS_PROG_SOCKET: True, RSS_PROG_VNET_HASH: False}
+    else:
+        raise ValueError(f"unknown program form {form!r}")
+    return BpfObject.open(path, types=types, autoload=autoload, lib=lib)
+
+
+def kernel_has_vnet_hash(path: str | Path, lib=None) -> tuple[bool, str]:
+    """Can this kernel load the VNET_HASH form of ``path``?  (answer, reason)."""
+    try:
+        with open_rss_object(path, "vnet_hash", lib=lib) as obj:
+            obj.load()
+    except BpfError as e:
+        return False, str(e).splitlines()[0]
+    return True, "BPF_PROG_TYPE_VNET_HASH program loaded"

@@ -1,0 +1,541 @@
+"""`hashlab build qemu`: the lab's QEMU (Debian's QEMU source package + qemu/patches).
+
+Steps, all logged to ``<entry>/build.log``:
+
+1. find the source package (``.dsc`` + tarballs) of ``QEMU_SOURCE_VERSION`` in the cache
+   (``<cache>/sources``, or ``<cache>/dev`` where setup put it), else fetch it with
+   ``apt-get source --download-only`` (needs a ``deb-src`` line for trixie);
+2. unpack it with ``dpkg-source -x`` (this applies Debian's own patches, which fix the
+   ``+ds`` tarball's missing wheels and EDK2 blobs) into ``<entry>/src``;
+3. apply ``qemu/patches/*.patch`` in order (``git apply``), failing with the name of the
+   patch that does not apply;
+4. build the eBPF RSS object from ``tools/ebpf/rss.bpf.c`` with clang against the kernel
+   entry's UAPI headers and libbpf headers, and regenerate ``ebpf/rss.bpf.skeleton.h``
+   with the kernel entry's ``bpftool gen skeleton`` (the committed skeleton is never
+   used); the object is kept as ``<entry>/bpf/rss.bpf.o`` (both programs, BTF kept) for
+   the differential tests and benchmarks;
+5. configure only what the lab needs, with libbpf from the kernel entry linked
+   statically (a private ``libbpf.pc`` naming ``libbpf.a``), then ``ninja`` under
+   ``nice`` with ccache (``<cache>/ccache-qemu``), progress lines on stderr.
+
+The entry holds ``bin/qemu-system-x86_64`` (a copy of the built binary; it finds the
+BIOS and option ROMs in Debian's ``/usr/share/seabios``, ``/usr/lib/ipxe/qemu`` and
+``/usr/share/qemu``, which the lab VM sees too), ``bpf/``, ``src/`` and ``build/`` (the
+meson build tree, kept for qtests).  A meson build tree cannot be moved, so unlike
+``CacheEntry.fill()`` the entry is built in place; it counts as complete only once its
+``.done`` stamp exists, and an incomplete one is wiped and rebuilt.
+
+Key: recipe version, source version (+ the .dsc's checksums), the patch series, the
+kernel entry key (headers, libbpf, bpftool), compiler versions and the configure line.
+
+libbpf source: ``--libbpf kernel`` uses (and if needed builds) the kernel entry.
+``--libbpf system`` uses Debian's libbpf, the host's bpftool and a generated copy of
+``/usr/include/linux/bpf.h`` with the series' additions: for working before the kernel
+entry exists.  The default, ``auto``, takes the kernel entry when it is already built
+and says so when it falls back to ``system``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from ..cache import CacheEntry, InputKey
+from ..errors import HashlabError, MissingToolError
+from ..paths import QEMU_DIR, cache_root, versions
+
+RECIPE_VERSION = "qemu-recipe-1"
+PATCH_DIR = QEMU_DIR / "patches"
+PROGRESS_SECONDS = 10.0
+CLANG = "clang-19"
+LLVM_STRIP = "llvm-strip-19"
+SOURCE_DIRS = ("sources", "dev")  # under the cache root; downloads go to the first
+
+CONFIGURE_ARGS = [
+    "--prefix=/usr",
+    # Not relocatable: the binary is copied out of the build tree and must find
+    # Debian's firmware at these absolute paths (as Debian's own build does).
+    "--disable-relocatable",
+    "--firmwarepath=/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu",
+    "--target-list=x86_64-softmmu",
+    "--without-default-features",
+    "--enable-kvm",
+    "--enable-tcg",
+    "--enable-vhost-net",
+    "--enable-vhost-kernel",
+    "--enable-bpf",
+    "--enable-fdt=system",
+    "--enable-virtfs",
+    "--enable-attr",
+    "--enable-cap-ng",
+    "--enable-trace-backends=log",
+    "--disable-download",
+    "--disable-install-blobs",
+    "--disable-docs",
+    "--disable-werror",
+    "--disable-debug-info",
+]
+
+# Lines the series adds to linux/bpf.h (for --libbpf system only).
+_UAPI_PROG_TYPE = "\tBPF_PROG_TYPE_NETFILTER,\n"
+_UAPI_SKB_TAIL = "\t__u64 hwtstamp;\n};"
+_UAPI_SKB_NEW = ("\t__u64 hwtstamp;\n\n\t__u32 vnet_hash_value;\n\t__u16 vnet_hash_report;\n"
+                 "\t__u16 vnet_rss_queue;\n};")
+
+
+class QemuBuildError(HashlabError):
+    exit_status = 1
+
+
+def log(msg: str) -> None:
+    print(f"hashlab build qemu: {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def patch_files(patch_dir: Path = PATCH_DIR) -> list[Path]:
+    return sorted(patch_dir.glob("*.patch"))
+
+
+def source_version() -> str:
+    v = versions().get("QEMU_SOURCE_VERSION")
+    if not v:
+        raise HashlabError("QEMU_SOURCE_VERSION is not set in versions.env")
+    return v
+
+
+def _dsc_name(version: str) -> str:
+    return f"qemu_{version.split(':', 1)[-1]}.dsc"
+
+
+def _dsc_files(dsc: Path) -> list[str]:
+    names, section = [], False
+    for line in dsc.read_text(errors="replace").splitlines():
+        if line.startswith("Files:"):
+            section = True
+            continue
+        if section:
+            if not line.startswith(" "):
+                break
+            names.append(line.split()[-1])
+    return names
+
+
+def source_package(download: bool = True) -> Path:
+    """The .dsc of QEMU_SOURCE_VERSION with all its files present (downloading if asked)."""
+    version = source_version()
+    name = _dsc_name(version)
+    for d in SOURCE_DIRS:
+        dsc = cache_root() / d / name
+        if dsc.is_file() and all((dsc.parent / f).is_file() for f in _dsc_files(dsc)):
+            return dsc
+    if not download:
+        raise MissingToolError(f"QEMU source package {name} not in {cache_root()}/{SOURCE_DIRS}")
+    dest = cache_root() / SOURCE_DIRS[0]
+    dest.mkdir(parents=True, exist_ok=True)
+    log(f"fetching qemu={version} with apt-get source --download-only into {dest}")
+    r = subprocess.run(["apt-get", "source", "--download-only", f"qemu={version}"], cwd=dest,
+                       capture_output=True, text=True)
+    dsc = dest / name
+    if r.returncode != 0 or not dsc.is_file():
+        raise MissingToolError(
+            f"apt-get source qemu={version} failed (is there a deb-src line for trixie?): "
+            + (r.stderr.strip().splitlines() or ["no output"])[-1])
+    return dsc
+
+
+def _tool_version(cmd: list[str]) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        raise MissingToolError(f"{cmd[0]} not found or not working")
+    return out.splitlines()[0] if out else ""
+
+
+class BpfToolchain:
+    """Where the UAPI headers, libbpf and bpftool come from."""
+
+    def __init__(self, mode: str, kernel_entry: Path | None):
+        self.mode = mode  # "kernel" | "system"
+        self.kernel_entry = kernel_entry
+
+    @property
+    def bpftool(self) -> str:
+        if self.mode == "kernel":
+            return str(self.kernel_entry / "bpftool")
+        return shutil.which("bpftool") or "/usr/sbin/bpftool"
+
+    def libbpf_prefix(self) -> Path | None:
+        return self.kernel_entry / "libbpf" if self.mode == "kernel" else None
+
+    def key_parts(self) -> list[tuple[str, str]]:
+        if self.mode == "kernel":
+            return [("kernel-entry", self.kernel_entry.name)]
+        uapi = Path("/usr/include/linux/bpf.h").read_text()
+        return [
+            ("libbpf", "system " + _tool_version(["pkg-config", "--modversion", "libbpf"])),
+            ("bpftool", _tool_version([self.bpftool, "version"])),
+            ("uapi-bpf.h", hashlib.sha256(uapi.encode()).hexdigest()),
+        ]
+
+
+def find_kernel_entry(build: bool = False) -> Path | None:
+    """The kernel cache entry (headers, libbpf, bpftool); builds it only if ``build``."""
+    env = os.environ.get("HASHLAB_KERNEL_ENTRY")
+    if env:
+        return Path(env)
+    try:
+        from . import kernel
+    except ImportError:
+        return None
+    if build:
+        return kernel.ensure_kernel()
+    e = kernel.entry()
+    return e.path if e.done else None
+
+
+def toolchain(mode: str) -> BpfToolchain:
+    if mode == "system":
+        return BpfToolchain("system", None)
+    if mode == "kernel":
+        return BpfToolchain("kernel", find_kernel_entry(build=True))
+    entry = find_kernel_entry(build=False)
+    if entry is not None:
+        return BpfToolchain("kernel", entry)
+    log("the kernel entry is not built yet: using Debian's libbpf, the host's bpftool and "
+        "a generated linux/bpf.h (rerun after `hashlab build kernel` for the real thing)")
+    return BpfToolchain("system", None)
+
+
+def input_key(tc: BpfToolchain, dsc: Path) -> InputKey:
+    key = InputKey("qemu")
+    key.add_text("recipe", RECIPE_VERSION)
+    key.add_text("source", f"qemu={source_version()}")
+    key.add_file(dsc, "source.dsc")
+    key.add_text("series", "\n".join(p.name for p in patch_files()))
+    key.add_files(patch_files(), prefix="patches/")
+    for name, value in tc.key_parts():
+        key.add_text(name, value)
+    key.add_text("cc", _tool_version(["gcc", "--version"]))
+    key.add_text("clang", _tool_version([CLANG, "--version"]))
+    key.add_text("configure", " ".join(CONFIGURE_ARGS))
+    return key
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _progress(logfile: Path, label: str, stop: threading.Event, t0: float) -> None:
+    step = re.compile(rb"^\[(\d+)/(\d+)\]")
+    last = b""
+    while not stop.wait(PROGRESS_SECONDS):
+        try:
+            with open(logfile, "rb") as f:
+                f.seek(max(0, os.path.getsize(logfile) - 4096))
+                tail = f.read().splitlines()
+        except OSError:
+            continue
+        for line in reversed(tail):
+            m = step.match(line)
+            if m:
+                last = m.group(0)
+                done, total = int(m.group(1)), int(m.group(2))
+                el = int(time.monotonic() - t0)
+                log(f"{label}: {done}/{total} ({100 * done // max(total, 1)}%) "
+                    f"{el // 60}m{el % 60:02d}s")
+                break
+        else:
+            if not last:
+                log(f"{label}: running, {int(time.monotonic() - t0)}s")
+
+
+def run(cmd: list[str], logfile: Path, label: str, cwd: Path | None = None,
+        env: dict[str, str] | None = None, nice: int = 0, progress: bool = False) -> None:
+    """Run cmd, output appended to logfile; on failure show the log's tail and raise."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    full_env["LC_ALL"] = "C"
+    argv = (["nice", "-n", str(nice)] if nice else []) + cmd
+    t0 = time.monotonic()
+    with open(logfile, "ab") as out:
+        out.write(f"\n### {label}: {' '.join(cmd)}\n".encode())
+        out.flush()
+        stop = threading.Event()
+        thread = None
+        if progress:
+            thread = threading.Thread(target=_progress, args=(logfile, label, stop, t0),
+                                      daemon=True)
+            thread.start()
+        try:
+            rc = subprocess.run(argv, cwd=cwd, env=full_env, stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
+        finally:
+            stop.set()
+            if thread:
+                thread.join()
+    if rc != 0:
+        for line in logfile.read_text(errors="replace").splitlines()[-25:]:
+            print(f"    {line}", file=sys.stderr)
+        raise QemuBuildError(f"{label} failed (exit {rc}); full log: {logfile}")
+    if progress or time.monotonic() - t0 > 5:
+        log(f"{label}: done in {time.monotonic() - t0:.0f}s")
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"waiting for another build holding {path}")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def unpack(dsc: Path, src: Path, logfile: Path) -> None:
+    run(["dpkg-source", "--no-check", "-x", str(dsc), str(src)], logfile,
+        f"dpkg-source -x {dsc.name}")
+
+
+def apply_series(src: Path, patches: list[Path], logfile: Path) -> None:
+    for p in patches:
+        with open(logfile, "ab") as out:
+            out.write(f"\n### apply {p.name}\n".encode())
+            out.flush()
+            rc = subprocess.run(["git", "apply", "--verbose", "--whitespace=nowarn", str(p)],
+                                cwd=src, stdout=out, stderr=subprocess.STDOUT).returncode
+        if rc != 0:
+            raise QemuBuildError(f"patch {p.name} does not apply to qemu {source_version()} "
+                                 f"(see {logfile})")
+    log(f"applied {len(patches)} patch(es)")
+
+
+def _patched_uapi(dest: Path) -> Path:
+    """A copy of the host's linux/bpf.h with the series' additions (--libbpf system)."""
+    text = Path("/usr/include/linux/bpf.h").read_text()
+    if "BPF_PROG_TYPE_VNET_HASH" not in text:
+        if _UAPI_PROG_TYPE not in text or _UAPI_SKB_TAIL not in text:
+            raise QemuBuildError("cannot add the vnet hash fields to /usr/include/linux/bpf.h")
+        text = text.replace(_UAPI_PROG_TYPE, _UAPI_PROG_TYPE + "\tBPF_PROG_TYPE_VNET_HASH,\n", 1)
+        text = text.replace(_UAPI_SKB_TAIL, _UAPI_SKB_NEW, 1)
+    (dest / "linux").mkdir(parents=True, exist_ok=True)
+    (dest / "linux" / "bpf.h").write_text(text)
+    return dest
+
+
+def build_bpf(src: Path, out: Path, tc: BpfToolchain, logfile: Path) -> None:
+    """Compile rss.bpf.c and regenerate ebpf/rss.bpf.skeleton.h from it."""
+    out.mkdir(parents=True, exist_ok=True)
+    incs: list[str] = []
+    if tc.mode == "kernel":
+        incs += ["-I", str(tc.kernel_entry / "headers" / "include"),
+                 "-I", str(tc.kernel_entry / "libbpf" / "include")]
+    else:
+        incs += ["-I", str(_patched_uapi(out / "uapi"))]
+    incs += ["-I", "/usr/include/x86_64-linux-gnu"]  # asm/ for a plain /usr/include
+    obj = out / "rss.bpf.o"
+    run([CLANG, "-O2", "-g", "-Wall", "-target", "bpf", *incs, "-c",
+         str(src / "tools/ebpf/rss.bpf.c"), "-o", str(out / "rss.bpf.debug.o")],
+        logfile, "clang rss.bpf.c")
+    # What QEMU embeds: DWARF stripped, BTF kept (as tools/ebpf/Makefile.ebpf does).
+    run([LLVM_STRIP, "-g", str(out / "rss.bpf.debug.o"), "-o", str(obj)], logfile,
+        "llvm-strip rss.bpf.o")
+    skel = src / "ebpf" / "rss.bpf.skeleton.h"
+    with open(logfile, "ab") as lf:
+        lf.write(f"\n### bpftool gen skeleton ({tc.bpftool})\n".encode())
+        r = subprocess.run([tc.bpftool, "gen", "skeleton", str(obj), "name", "rss_bpf"],
+                           capture_output=True)
+        lf.write(r.stderr)
+    if r.returncode != 0 or b"rss_bpf__open" not in r.stdout:
+        raise QemuBuildError(f"bpftool gen skeleton failed; see {logfile}")
+    skel.write_bytes(r.stdout)
+    shutil.copy2(skel, out / "rss.bpf.skeleton.h")
+    (out / "README").write_text(
+        "rss.bpf.o: QEMU's RSS eBPF object as embedded in qemu-system-x86_64 (BTF, no DWARF).\n"
+        "  tun_rss_steering_prog  SEC(\"socket\")     socket filter, returns the queue\n"
+        "  tun_rss_vnet_hash_prog SEC(\"vnet_hash\")  BPF_PROG_TYPE_VNET_HASH, sets\n"
+        "                         __sk_buff.vnet_hash_value/vnet_hash_report/vnet_rss_queue\n"
+        "  maps: tap_rss_map_configurations, tap_rss_map_toeplitz_key,\n"
+        "        tap_rss_map_indirection_table (layout: ebpf/ebpf_rss.c, hashlab/bpf.py)\n"
+        "rss.bpf.debug.o: the same with DWARF.\n"
+        "rss.bpf.skeleton.h: the skeleton generated from it (bpftool gen skeleton).\n")
+
+
+def _static_libbpf_pc(tc: BpfToolchain, dest: Path) -> Path:
+    """A pkg-config dir whose libbpf.pc links the kernel entry's libbpf.a statically."""
+    prefix = tc.libbpf_prefix()
+    pcdir = dest / "pkgconfig"
+    pcdir.mkdir(parents=True, exist_ok=True)
+    orig = (prefix / "lib" / "pkgconfig" / "libbpf.pc").read_text()
+    version = re.search(r"(?m)^Version:\s*(\S+)", orig)
+    if not version or not (prefix / "lib" / "libbpf.a").is_file():
+        raise QemuBuildError(f"no usable libbpf in {prefix}")
+    (pcdir / "libbpf.pc").write_text(
+        f"prefix={prefix}\n"
+        "libdir=${prefix}/lib\n"
+        "includedir=${prefix}/include\n\n"
+        "Name: libbpf\n"
+        "Description: BPF library (kernel entry, linked statically)\n"
+        f"Version: {version.group(1)}\n"
+        "Libs: ${libdir}/libbpf.a -lelf -lz\n"
+        "Cflags: -I${includedir}\n")
+    return pcdir
+
+
+def _env(entry: Path, tc: BpfToolchain) -> dict[str, str]:
+    env = {
+        # ccache through its masquerade directory; QEMU's configure runs plain `cc`.
+        "PATH": "/usr/lib/ccache:" + os.path.dirname(sys.executable) + ":" + os.environ["PATH"],
+        "CCACHE_DIR": str(cache_root() / "ccache-qemu"),
+        # Meson uses paths relative to the build dir: hits across entries and the dev tree.
+        "CCACHE_BASEDIR": str(cache_root()),
+        "CCACHE_NOHASHDIR": "1",
+        "CCACHE_MAXSIZE": os.environ.get("CCACHE_MAXSIZE", "4G"),
+    }
+    if tc.mode == "kernel":
+        env["PKG_CONFIG_PATH"] = str(_static_libbpf_pc(tc, entry))
+    return env
+
+
+def configure(src: Path, build: Path, env: dict[str, str], logfile: Path, nice: int) -> None:
+    build.mkdir()
+    try:
+        import mesonbuild  # noqa: F401  (QEMU's configure needs meson >= 1.5 in its python)
+    except ImportError:
+        raise MissingToolError(f"meson is not installed for {sys.executable}: "
+                               f"{sys.executable} -m pip install meson==1.8.3")
+    run(["../configure", f"--python={sys.executable}", *CONFIGURE_ARGS], logfile,
+        "configure", cwd=build, env=env, nice=nice)
+    text = (build / "meson-logs" / "meson-log.txt").read_text(errors="replace")
+    if not re.search(r"bpf support\s*:\s*YES", text):
+        raise QemuBuildError(f"configure did not enable eBPF support; see {logfile}")
+
+
+def build(e: CacheEntry, tc: BpfToolchain, dsc: Path, nice: int, jobs: int | None) -> Path:
+    dest = e.path
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    logfile = dest / "build.log"
+    src, bld = dest / "src", dest / "src" / "build"
+    t0 = time.monotonic()
+    patches = patch_files()
+    log(f"building {dest} (qemu {source_version()}, {len(patches)} patches, "
+        f"libbpf from {'kernel entry ' + tc.kernel_entry.name if tc.mode == 'kernel' else 'the system'}); "
+        f"log: {logfile}")
+    env = _env(dest, tc)
+    unpack(dsc, src, logfile)
+    apply_series(src, patches, logfile)
+    build_bpf(src, dest / "bpf", tc, logfile)
+    configure(src, bld, env, logfile, nice)
+    jobs = jobs or os.cpu_count() or 1
+    ninja = ["ninja", "-C", str(bld), f"-j{jobs}", "qemu-system-x86_64"]
+    run(ninja, logfile, "ninja", env=env, nice=nice, progress=True)
+    (dest / "bin").mkdir()
+    shutil.copy2(bld / "qemu-system-x86_64", dest / "bin" / "qemu-system-x86_64")
+    os.symlink("src/build", dest / "build")
+    (dest / "series").write_text("".join(p.name + "\n" for p in patches))
+    seconds = round(time.monotonic() - t0, 1)
+    meta = {
+        "kind": e.ikey.kind,
+        "key": e.ikey.key,
+        "inputs": e.ikey.describe(),
+        "libbpf": tc.mode,
+        "kernel_entry": str(tc.kernel_entry) if tc.kernel_entry else None,
+        "build_seconds": seconds,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    (dest / ".done").write_text(json.dumps(meta, indent=1) + "\n")
+    log(f"done in {int(seconds) // 60}m{int(seconds) % 60:02d}s: {dest}")
+    return dest
+
+
+def build_qemu(force: bool = False, progress: bool = True, libbpf: str = "auto",
+               nice: int = 10, jobs: int | None = None) -> Path:
+    """The cache entry of the lab's QEMU for the current inputs, building it if needed."""
+    t0 = time.monotonic()
+    for tool in ("dpkg-source", "git", "ninja", CLANG, LLVM_STRIP, "pkg-config"):
+        if not shutil.which(tool):
+            raise MissingToolError(f"{tool} not found")
+    tc = toolchain(libbpf)
+    dsc = source_package()
+    e = CacheEntry(input_key(tc, dsc))
+    if e.done and not force:
+        if progress:
+            log(f"up to date ({time.monotonic() - t0:.1f}s): {e.path}")
+        return e.path
+    with locked(e.path.with_name(e.path.name + ".lock")):
+        if e.done and not force:
+            return e.path
+        return build(e, tc, dsc, nice, jobs)
+
+
+def find_qemu_entry(libbpf: str = "auto") -> Path | None:
+    """The entry for the current inputs if it is built (never builds anything)."""
+    try:
+        tc = BpfToolchain("kernel", find_kernel_entry(build=False))
+        if libbpf == "system" or (libbpf == "auto" and tc.kernel_entry is None):
+            tc = BpfToolchain("system", None)
+        elif tc.kernel_entry is None:
+            return None
+        e = CacheEntry(input_key(tc, source_package(download=False)))
+    except HashlabError:
+        return None
+    return e.path if e.done else None
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _cli(args: argparse.Namespace) -> int:
+    path = build_qemu(force=args.force, libbpf=args.libbpf, nice=args.nice, jobs=args.jobs)
+    if args.print_path:
+        print(path)
+    else:
+        meta = json.loads((path / ".done").read_text())
+        print(f"qemu: {path}")
+        print(f"  binary   {path / 'bin' / 'qemu-system-x86_64'}")
+        print(f"  bpf      {path / 'bpf' / 'rss.bpf.o'}  (socket + vnet_hash programs)")
+        print(f"  build    {path / 'build'}  (meson build tree, for qtests)")
+        print(f"  libbpf   {meta.get('libbpf')} {meta.get('kernel_entry') or ''}".rstrip())
+        print(f"  built in {meta.get('build_seconds')}s")
+    return 0
+
+
+def register_build(sub) -> None:
+    p = sub.add_parser(
+        "qemu",
+        help="the lab's QEMU (Debian source package + qemu/patches, eBPF hash reporting)",
+        description="Build QEMU with qemu/patches, its eBPF RSS object and skeleton, "
+        "into the content-keyed cache (or find it there) and say where it is.",
+    )
+    p.add_argument("--print-path", action="store_true",
+                   help="print only the cache entry's path (building it first if needed)")
+    p.add_argument("--force", action="store_true", help="rebuild even if the entry exists")
+    p.add_argument("--libbpf", choices=("auto", "kernel", "system"), default="auto",
+                   help="UAPI headers/libbpf/bpftool from the kernel entry (kernel; built if "
+                   "needed), from Debian (system), or kernel if built else system (auto)")
+    p.add_argument("-j", "--jobs", type=int, default=None, help="ninja jobs (default: CPUs)")
+    p.add_argument("--nice", type=int, default=10,
+                   help="run the compilers under nice -n N (default 10; 0 disables)")
+    p.set_defaults(func=_cli)
+
+
+# hashlab/commands/build.py looks for register_cli().
+register_cli = register_build
