@@ -16,6 +16,10 @@ implementations exactly, parser included (``behaviour=``, see :func:`hash_packet
   network header, which depends on how the frame reached the program
   (``ebpf_context``: ``"af_packet"``, the lab's tap path, or ``"test_run"``,
   ``BPF_PROG_TEST_RUN``).
+* ``"hashlab-ebpf"``: hashlab's own eBPF program (``tools/ebpf/rss.bpf.c`` with
+  ``qemu/patches``, both program forms): the spec with the bounds a verifier-checked
+  parser must have, each a named divergence (``hashlab-ebpf-*``).  What the program
+  should answer; a bug of the program is *not* modelled here.
 
 Named divergences
 -----------------
@@ -67,6 +71,9 @@ ebpf-hao-scan                       qemu-ebpf      parse_ipv6_ext: options scann
                                                    (at most 30), HAO length not checked, an option read past
                                                    the frame = no hash, the last HAO found wins
 ebpf-rh2-last-wins                  qemu-ebpf      parse_ipv6_ext: a later RH2 overwrites an earlier one
+hashlab-ebpf-hao-30-options         hashlab-ebpf   parse_ipv6_dstopts: a Destination Options header's options are
+                                                   scanned for a HAO at most 30 deep (Pad1 counts as one); a HAO
+                                                   that is option 31 or later is not found (source address used)
 ==================================  =============  ==================================================================
 
 Public API
@@ -184,7 +191,7 @@ MS_KEY: bytes = bytes.fromhex(
 )
 """The 40-byte Microsoft verification key (also Linux's and QEMU's usual default)."""
 
-BEHAVIOURS = ("spec", "qemu-software", "qemu-ebpf")
+BEHAVIOURS = ("spec", "qemu-software", "qemu-ebpf", "hashlab-ebpf")
 
 EBPF_CONTEXTS = ("af_packet", "test_run")
 """Where upstream's eBPF program finds the network header (``hash_packet(ebpf_context=)``):
@@ -259,6 +266,9 @@ DIVERGENCES: dict[str, Divergence] = {
          "an option read past the frame is an error; the last HAO found wins"),
         ("ebpf-rh2-last-wins", "qemu-ebpf", "parse_ipv6_ext",
          "a later Type 2 Routing Header overwrites an earlier one's address"),
+        ("hashlab-ebpf-hao-30-options", "hashlab-ebpf", "parse_ipv6_dstopts",
+         "a Destination Options header is scanned for a Home Address at most 30 options deep "
+         "(Pad1 counts); a HAO that is option 31 or later is not found"),
     ]
 }
 
@@ -483,6 +493,7 @@ IPV6_EXT_HEADERS = frozenset(
     {IPV6_EXT_HOPOPTS, IPV6_EXT_ROUTING, IPV6_EXT_FRAGMENT, IPV6_EXT_AH, IPV6_EXT_DSTOPTS}
 )
 MAX_IPV6_EXT_HEADERS = 16
+HASHLAB_EBPF_MAX_OPTIONS = 30  # rss.bpf.c IP6_OPTIONS_COUNT (qemu/patches)
 IPV6_OPT_PAD1 = 0
 IPV6_OPT_HOME_ADDRESS = 0xC9
 TCP_MIN_HEADER = 20
@@ -527,10 +538,17 @@ def _parse_l4(frame: bytes, off: int, proto: int) -> tuple[str | None, int, int]
     return None, 0, 0
 
 
-def _find_hao(frame: bytes, start: int, end: int) -> bytes | None:
-    """The Home Address option's address in the options area ``frame[start:end]``."""
+def _find_hao(frame: bytes, start: int, end: int, max_options: int | None = None) -> bytes | None:
+    """The Home Address option's address in the options area ``frame[start:end]``;
+    with ``max_options``, only that many options (Pad1 included) are looked at."""
     i = start
+    seen = 0
     while i < end:
+        if max_options is not None:
+            # divergence "hashlab-ebpf-hao-30-options": a bounded scan.
+            if seen >= max_options:
+                return None
+            seen += 1
         otype = frame[i]
         if otype == IPV6_OPT_PAD1:
             i += 1
@@ -551,8 +569,9 @@ def parse_frame(frame: bytes, behaviour: str = "spec", *, ebpf_context: str = "a
 
     ``"qemu-software"`` and ``"qemu-ebpf"`` are QEMU's own parsers (see the module
     docstring's divergence table); ``hao``/``rh2`` are then the addresses that
-    implementation would substitute.  The ``"spec"`` rules (the "truncated/malformed"
-    rule hashlab's components agree on):
+    implementation would substitute.  ``"hashlab-ebpf"`` is the spec's parser with
+    hashlab's eBPF program's bounds (its ``hashlab-ebpf-*`` divergences).  The ``"spec"``
+    rules (the "truncated/malformed" rule hashlab's components agree on):
 
     * Ethernet: 14 bytes; up to two VLAN tags (0x8100, 0x88a8, 0x9100) are skipped.
       A truncated tag, a third tag, or any ethertype but IPv4/IPv6 → ``None``.
@@ -580,8 +599,9 @@ def parse_frame(frame: bytes, behaviour: str = "spec", *, ebpf_context: str = "a
         if ebpf_context not in EBPF_CONTEXTS:
             raise ValueError(f"unknown ebpf_context {ebpf_context!r}; valid: {', '.join(EBPF_CONTEXTS)}")
         return _parse_qemu_ebpf(frame, ebpf_context)
-    if behaviour != "spec":
+    if behaviour not in ("spec", "hashlab-ebpf"):
         raise ValueError(f"unknown behaviour {behaviour!r}; valid: {', '.join(BEHAVIOURS)}")
+    max_options = HASHLAB_EBPF_MAX_OPTIONS if behaviour == "hashlab-ebpf" else None
     if len(frame) < 14:
         return None
     off = 12
@@ -597,7 +617,7 @@ def parse_frame(frame: bytes, behaviour: str = "spec", *, ebpf_context: str = "a
     if ethertype == ETH_P_IP:
         return _parse_ipv4(frame, off, tags)
     if ethertype == ETH_P_IPV6:
-        return _parse_ipv6(frame, off, tags)
+        return _parse_ipv6(frame, off, tags, max_options)
     return None
 
 
@@ -619,7 +639,7 @@ def _parse_ipv4(frame: bytes, off: int, tags: int) -> FrameInfo | None:
     return FrameInfo(4, src, dst, l4, sport, dport, fragment=fragment, vlan_tags=tags)
 
 
-def _parse_ipv6(frame: bytes, off: int, tags: int) -> FrameInfo | None:
+def _parse_ipv6(frame: bytes, off: int, tags: int, max_options: int | None = None) -> FrameInfo | None:
     if len(frame) - off < 40:
         return None
     if frame[off] >> 4 != 6:
@@ -644,7 +664,7 @@ def _parse_ipv6(frame: bytes, off: int, tags: int) -> FrameInfo | None:
             fragment = True
         elif nh == IPV6_EXT_DSTOPTS:
             if hao is None:
-                hao = _find_hao(frame, p + 2, p + hlen)
+                hao = _find_hao(frame, p + 2, p + hlen, max_options)
         elif nh == IPV6_EXT_ROUTING:
             rtype, segleft = frame[p + 2], frame[p + 3]
             if rh2 is None and rtype == 2 and frame[p + 1] == 2 and segleft == 1:
@@ -947,29 +967,41 @@ def _qemu_ebpf_l4(frame: bytes, off: int, proto: int, fragment: bool):
 T = HashType
 
 
+# Plain ints: ``int & IntFlag`` goes through enum's slow reflected operator.
+_INT_TYPE_IPv4 = int(HashType.IPv4)
+_INT_TYPE_TCPv4 = int(HashType.TCPv4)
+_INT_TYPE_UDPv4 = int(HashType.UDPv4)
+_INT_TYPE_IPv6 = int(HashType.IPv6)
+_INT_TYPE_TCPv6 = int(HashType.TCPv6)
+_INT_TYPE_UDPv6 = int(HashType.UDPv6)
+_INT_TYPE_IPv6_EX = int(HashType.IPv6_EX)
+_INT_TYPE_TCPv6_EX = int(HashType.TCPv6_EX)
+_INT_TYPE_UDPv6_EX = int(HashType.UDPv6_EX)
+
+
 def _select_spec(info: FrameInfo, types: int) -> Report:
     """virtio 1.3 §5.1.6.4.3: first match wins (reference §2)."""
     if info.family == 4:
-        if info.l4 == "tcp" and types & T.TCPv4:
+        if info.l4 == "tcp" and types & _INT_TYPE_TCPv4:
             return Report.TCPv4
-        if info.l4 == "udp" and types & T.UDPv4:
+        if info.l4 == "udp" and types & _INT_TYPE_UDPv4:
             return Report.UDPv4
-        if types & T.IPv4:
+        if types & _INT_TYPE_IPv4:
             return Report.IPv4
         return Report.NONE
     if info.has_ext:
-        if info.l4 == "tcp" and types & T.TCPv6_EX:
+        if info.l4 == "tcp" and types & _INT_TYPE_TCPv6_EX:
             return Report.TCPv6_EX
-        if info.l4 == "udp" and types & T.UDPv6_EX:
+        if info.l4 == "udp" and types & _INT_TYPE_UDPv6_EX:
             return Report.UDPv6_EX
-        if types & T.IPv6_EX:
+        if types & _INT_TYPE_IPv6_EX:
             return Report.IPv6_EX
         # else: as IPv6 without extension headers
-    if info.l4 == "tcp" and types & T.TCPv6:
+    if info.l4 == "tcp" and types & _INT_TYPE_TCPv6:
         return Report.TCPv6
-    if info.l4 == "udp" and types & T.UDPv6:
+    if info.l4 == "udp" and types & _INT_TYPE_UDPv6:
         return Report.UDPv6
-    if types & T.IPv6:
+    if types & _INT_TYPE_IPv6:
         return Report.IPv6
     return Report.NONE
 
@@ -1069,7 +1101,7 @@ def hash_info(info: FrameInfo | None, key: bytes, hash_types: int, behaviour: st
     if info is None:
         return 0, int(Report.NONE)
     types = int(hash_types)
-    if behaviour == "spec":
+    if behaviour in ("spec", "hashlab-ebpf"):
         report = _select_spec(info, types)
         data = hash_input(info, report)
     elif behaviour == "qemu-software":
@@ -1104,6 +1136,9 @@ def hash_packet(frame: bytes, key: bytes, hash_types: int, behaviour: str = "spe
       type of the bytes hashed (the real program reports no type at all).
       ``ebpf_context`` (:data:`EBPF_CONTEXTS`) says where the kernel put the network
       header, which the program trusts.
+    * ``"hashlab-ebpf"``: hashlab's patched eBPF program (both forms): ``"spec"`` with
+      the program's named parser bounds (the ``hashlab-ebpf`` rows); it reads every
+      offset from the Ethernet header, so ``ebpf_context`` does not matter.
     """
     if behaviour not in BEHAVIOURS:
         raise ValueError(f"unknown behaviour {behaviour!r}; valid: {', '.join(BEHAVIOURS)}")

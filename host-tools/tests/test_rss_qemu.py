@@ -261,7 +261,7 @@ def test_every_divergence_is_tested_documented_and_marked_in_the_code():
     src = inspect.getsource(rss)
     doc = rss.__doc__
     for name, d in rss.DIVERGENCES.items():
-        assert d.behaviour in ("qemu-software", "qemu-ebpf"), name
+        assert d.behaviour in ("qemu-software", "qemu-ebpf", "hashlab-ebpf"), name
         assert name in doc, f"{name} missing from the module docstring's table"
         assert f'divergence "{name}"' in src or f"Divergence \"{name}\"" in src, \
             f"{name}: no branch in rss.py is marked with it"
@@ -285,3 +285,33 @@ def test_parse_frame_behaviour_argument():
     assert rss.hash_info(None, K, ALL) == (0, 0)
     for b in rss.BEHAVIOURS:
         assert rss.hash_info(rss.parse_frame(f, b), K, ALL, b) == rss.hash_packet(f, K, ALL, b)
+
+
+# --------------------------------------------------------------------------- hashlab-ebpf
+
+
+def test_hashlab_ebpf_hao_30_options():
+    """hashlab's program looks at most 30 options deep for a HAO (Pad1 counts)."""
+    ex = T.TCPv6 | T.TCPv6_EX
+    for n in (0, 4, 29):  # the HAO is option n + 1 <= 30: found
+        f = _v6([_dst(b"\0" * n + hao())], TCP)
+        assert got(f, ex, "hashlab-ebpf") == got(f, ex, "spec") == (h(V6_HOA, V6_DST, PORTS), "TCPv6_EX")
+    for n in (30, 31, 40):  # option 31 or later: the source address is hashed, still TCPv6_EX
+        f = _v6([_dst(b"\0" * n + hao())], TCP)
+        diverges("hashlab-ebpf-hao-30-options", f, ex, (h(V6_HOA, V6_DST, PORTS), "TCPv6_EX"),
+                 (h(V6_SRC, V6_DST, PORTS), "TCPv6_EX"))
+    f = _v6([_dst(opt_pad(2) * 30 + hao())], UDP)  # zero-length PadN count too
+    diverges("hashlab-ebpf-hao-30-options", f, T.UDPv6_EX, (h(V6_HOA, V6_DST, PORTS), "UDPv6_EX"),
+             (h(V6_SRC, V6_DST, PORTS), "UDPv6_EX"))
+    # only the scan is bounded: a second dstopts header is scanned afresh
+    f = _v6([_dst(b"\0" * 30 + hao(V6_HOA)), _hao_dst(V6_HOA2)], TCP)
+    diverges("hashlab-ebpf-hao-30-options", f, ex, (h(V6_HOA, V6_DST, PORTS), "TCPv6_EX"),
+             (h(V6_HOA2, V6_DST, PORTS), "TCPv6_EX"))
+
+
+def test_hashlab_ebpf_is_spec_elsewhere():
+    """Everything but the named bounds is the spec, the 16-header chain limit included."""
+    for f in [_v6([_dst(opt_pad(6))] * 16, TCP), _v6([_dst(opt_pad(6))] * 17, TCP),
+              _v6([_rh2(), _hao_dst()], UDP), eth(ETH_P_IPV6) + ipv6(HBH, bytes(200))]:
+        for types in (ALL, LINUX, T.IPv6_EX):
+            assert got(f, types, "hashlab-ebpf") == got(f, types, "spec")

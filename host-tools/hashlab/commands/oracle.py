@@ -7,8 +7,8 @@ import json
 import sys
 
 from ..errors import UsageError
+from ..rss import BEHAVIOURS
 
-BEHAVIOURS = ("spec", "qemu-software", "qemu-ebpf")
 DEFAULT_TABLE_SIZE = 128
 MAX_TABLE_SIZE = 1 << 16  # indirection_table_mask is a le16
 MAX_QUEUES = 1 << 16
