@@ -16,3 +16,61 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "lab" in item.keywords and not IN_LAB:
             item.add_marker(skip_lab)
+
+
+# ---- nothing left behind -------------------------------------------------------------
+# Every tap hashlab creates is named hl*, every temp dir hashlab-*; QEMU and vng run as
+# our children.  A leak after the whole session fails it, naming what was left.
+
+def _net_devs() -> set[str]:
+    try:
+        return {d for d in os.listdir("/sys/class/net") if d.startswith("hl")}
+    except FileNotFoundError:
+        return set()
+
+
+def _tmp_dirs() -> set[str]:
+    import tempfile
+
+    base = tempfile.gettempdir()
+    return {d for d in os.listdir(base) if d.startswith("hashlab-")}
+
+
+def _our_qemus() -> set[int]:
+    """QEMU processes descended from this pytest process."""
+    me, out = os.getpid(), set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"qemu-system" not in f.read().split(b"\0")[0]:
+                    continue
+            p = int(pid)
+            while p > 1:
+                with open(f"/proc/{p}/stat") as f:
+                    p = int(f.read().rsplit(")", 1)[1].split()[1])
+                if p == me:
+                    out.add(int(pid))
+                    break
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def pytest_sessionstart(session):
+    session.config._hashlab_before = (_net_devs(), _tmp_dirs())
+
+
+def pytest_sessionfinish(session, exitstatus):
+    before = getattr(session.config, "_hashlab_before", None)
+    if before is None:
+        return
+    leaks = []
+    if devs := _net_devs() - before[0]:
+        leaks.append(f"tap devices {sorted(devs)}")
+    if dirs := _tmp_dirs() - before[1]:
+        leaks.append(f"temp dirs {sorted(dirs)}")
+    if pids := _our_qemus():
+        leaks.append(f"QEMU processes {sorted(pids)}")
+    if leaks:
+        print("\nhashlab: left behind after the tests: " + "; ".join(leaks))
+        session.exitstatus = 1
