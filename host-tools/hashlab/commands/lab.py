@@ -13,8 +13,9 @@ def register(sub):
         help="run CMD as root in the lab VM (lab kernel under TCG, host root over 9p)",
         description="Boot the lab VM (our kernel, KVM_AMD/VHOST_NET/TUN built in) under "
         "TCG with the host's files visible, run CMD in it as root and exit with CMD's "
-        "status.  A kernel panic exits 5, a hang 6, a VM that died otherwise 4; the "
-        "console log is kept and its path printed.",
+        "status.  A kernel panic exits 5, a hang 6, a VM that died otherwise 4, "
+        "kernel warnings with --fail-on-warning 7; the console log is kept and its "
+        "path printed.",
     )
     p.add_argument("--kernel", help="bzImage to boot (default: the cached lab kernel)")
     p.add_argument("--timeout", type=float, default=600,
@@ -22,6 +23,8 @@ def register(sub):
     p.add_argument("--memory", default="4G")
     p.add_argument("--cpus", type=int, default=2)
     p.add_argument("-v", "--verbose", action="store_true", help="show the kernel console")
+    p.add_argument("--fail-on-warning", action="store_true",
+                   help="exit 7 when the kernel printed a warning, BUG or oops, even if CMD passed")
     p.add_argument("cmd", nargs="+", metavar="CMD")
     p.set_defaults(func=_run)
 
@@ -32,6 +35,8 @@ def _run(args) -> int:
                   cpus=args.cpus, verbose=args.verbose)
     for o in res.oopses:
         print(f"hashlab: kernel warning in the lab VM: {o}", file=sys.stderr)
-    print(f"hashlab: lab VM done in {res.seconds:.1f}s, status {res.status}; "
-          f"console log: {res.log}", file=sys.stderr)
+    print(f"hashlab: lab VM done in {res.seconds:.1f}s, status {res.status}, "
+          f"{len(res.oopses)} kernel warning(s); console log: {res.log}", file=sys.stderr)
+    if res.status == 0 and res.oopses and args.fail_on_warning:
+        return 7
     return res.status
