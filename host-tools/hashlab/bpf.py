@@ -170,6 +170,7 @@ class Libbpf:
             "bpf_program__set_autoload": (ci, [vp, ctypes.c_bool]),
             "bpf_program__fd": (ci, [vp]),
             "bpf_map__fd": (ci, [vp]),
+            "bpf_map__value_size": (ctypes.c_uint32, [vp]),
             "bpf_map_update_elem": (ci, [ci, vp, vp, ctypes.c_uint64]),
             "bpf_map_lookup_elem": (ci, [ci, vp, vp]),
             "bpf_prog_test_run_opts": (ci, [ci, ctypes.POINTER(_TestRunOpts)]),
@@ -295,6 +296,10 @@ class Map:
     def fd(self) -> int:
         return self.obj.lib.lib.bpf_map__fd(self.ptr)
 
+    @property
+    def value_size(self) -> int:
+        return self.obj.lib.lib.bpf_map__value_size(self.ptr)
+
     @staticmethod
     def _key(key: int | bytes) -> bytes:
         return struct.pack("<I", key) if isinstance(key, int) else bytes(key)
@@ -385,6 +390,11 @@ RSS_MAP_KEY = "tap_rss_map_toeplitz_key"
 RSS_MAP_TABLE = "tap_rss_map_indirection_table"
 RSS_TABLE_MAX = 128
 RSS_KEY_SIZE = 40
+RSS_INPUT_MAX = 36  # bytes hashed at most (IPv6 addresses + ports)
+RSS_TOEPLITZ_TABLE_SIZE = RSS_INPUT_MAX * 256 * 4
+RSS_KEY_VALUE_SIZE = RSS_KEY_SIZE + RSS_TOEPLITZ_TABLE_SIZE
+"""tap_rss_map_toeplitz_key's value with qemu/patches 0004 (table-driven Toeplitz): the
+40-byte key as before, then ``u32 table[36][256]``; upstream's value is the key only."""
 
 
 def rss_config_bytes(
@@ -397,11 +407,33 @@ def rss_config_bytes(
     )
 
 
-def rss_key_bytes(key: bytes) -> bytes:
-    """The 40-byte key as ebpf_rss.c stores it: first word host-endian, rest as is."""
+def rss_toeplitz_tables(key: bytes) -> bytes:
+    """``u32 table[36][256]`` in host byte order, computed as ebpf_rss.c's
+    ebpf_rss_fill_toeplitz_table() does: ``table[i][b]`` is the XOR of the key's 32-bit
+    windows at bits ``8i + k`` for each bit ``k`` (MSB first) set in ``b``, each entry one
+    XOR away from the entry without its lowest set bit.  (The independent reference is
+    ``hashlab.bench.tables``; the tests check that both agree.)"""
+    key = bytes(key).ljust(RSS_KEY_SIZE, b"\0")[:RSS_KEY_SIZE]
+    rows = []
+    for i in range(RSS_INPUT_MAX):
+        hi = struct.unpack_from(">I", key, i)[0]
+        w = [hi] + [((hi << k) | (key[i + 4] >> (8 - k))) & 0xFFFFFFFF for k in range(1, 8)]
+        row = [0] * 256
+        for b in range(1, 256):
+            low = b & -b
+            row[b] = row[b ^ low] ^ w[7 - (low.bit_length() - 1)]
+        rows.append(struct.pack("=256I", *row))
+    return b"".join(rows)
+
+
+def rss_key_bytes(key: bytes, tables: bool = True) -> bytes:
+    """tap_rss_map_toeplitz_key's value as ebpf_rss.c writes it: the 40-byte key (first
+    word host-endian, rest as is), then (``tables``, the patched program) the Toeplitz
+    lookup tables QEMU derives from it (:func:`rss_toeplitz_tables`)."""
     key = bytes(key).ljust(RSS_KEY_SIZE, b"\0")[:RSS_KEY_SIZE]
     first = struct.unpack(">I", key[:4])[0]
-    return struct.pack("=I", first) + key[4:]
+    out = struct.pack("=I", first) + key[4:]
+    return out + rss_toeplitz_tables(key) if tables else out
 
 
 def configure_rss(
@@ -413,14 +445,24 @@ def configure_rss(
     redirect: bool = True,
     populate_hash: bool = True,
 ) -> None:
-    """Fill the three maps the way QEMU does for RSS_CONFIG (redirect) or HASH_CONFIG."""
+    """Fill the three maps the way QEMU does for RSS_CONFIG (redirect) or HASH_CONFIG.
+
+    The key map gets the lookup tables too when its value has room for them (the
+    patched program); a 40-byte value (upstream's program) gets the key only."""
     table = list(table or [0])
     if len(table) > RSS_TABLE_MAX or len(table) & (len(table) - 1):
         raise ValueError(f"indirection table length {len(table)} is not a power of two <= 128")
     obj.map(RSS_MAP_CONFIG).update(
         0, rss_config_bytes(redirect, populate_hash, hash_types, len(table), default_queue)
     )
-    obj.map(RSS_MAP_KEY).update(0, rss_key_bytes(key))
+    kmap = obj.map(RSS_MAP_KEY)
+    if kmap.value_size == RSS_KEY_VALUE_SIZE:
+        kmap.update(0, rss_key_bytes(key, tables=True))
+    elif kmap.value_size == RSS_KEY_SIZE:
+        kmap.update(0, rss_key_bytes(key, tables=False))
+    else:
+        raise ValueError(f"{RSS_MAP_KEY} in {obj.path} has a {kmap.value_size}-byte value: "
+                         f"neither the key ({RSS_KEY_SIZE}) nor key + tables ({RSS_KEY_VALUE_SIZE})")
     tmap = obj.map(RSS_MAP_TABLE)
     for i in range(RSS_TABLE_MAX):
         tmap.update(i, struct.pack("=H", table[i] if i < len(table) else 0))

@@ -203,3 +203,20 @@ def test_cli_registers_bench():
     r = subprocess.run([sys.executable, "-m", "hashlab", "bench", "datapath"], capture_output=True,
                        text=True, cwd=HERE_REPO)
     assert r.returncode == 2 and "not implemented yet" in r.stderr
+
+
+def test_key_map_tables_are_qemus():
+    """hashlab.bpf fills the key map's tables (qemu/patches 0004) with the algorithm of
+    ebpf_rss_fill_toeplitz_table(); they must equal the independent reference here."""
+    import random
+
+    from hashlab import bpf
+
+    rng = random.Random(4)
+    keys = [rss.MS_KEY, bytes(40), b"\xff" * 40] + [bytes(rng.randrange(256) for _ in range(40))
+                                                    for _ in range(3)]
+    for key in keys:
+        value = bpf.rss_key_bytes(key)
+        assert len(value) == bpf.RSS_KEY_VALUE_SIZE
+        assert value[:40] == bpf.rss_key_bytes(key, tables=False)
+        assert value[40:] == tables.map_value(key)

@@ -227,5 +227,17 @@ def test_map_layout_matches_qemu():
     assert len(bpf.rss_config_bytes(True, True, ALL_TYPES, 128, 3)) == 10
     assert bpf.rss_config_bytes(True, False, 0x1FF, 128, 3) == bytes(
         [1, 0, 0xFF, 0x01, 0, 0, 128, 0, 3, 0])
-    k = bpf.rss_key_bytes(MS_KEY)
+    k = bpf.rss_key_bytes(MS_KEY, tables=False)
     assert len(k) == 40 and k[:4] == MS_KEY[:4][::-1] and k[4:] == MS_KEY[4:]
+    # qemu/patches 0004: the key map's value is the key followed by u32 table[36][256]
+    # (host byte order), filled by ebpf_rss_set_toepliz_key() whenever the key is set.
+    full = bpf.rss_key_bytes(MS_KEY)
+    assert len(full) == bpf.RSS_KEY_VALUE_SIZE == 40 + 36 * 256 * 4 and full[:40] == k
+    t = memoryview(full[40:]).cast("I")
+    assert t[0] == 0 and t[0x80] == 0x6D5A56DA  # table[0][0x80]: the key's first window
+    assert t[256 + 1] == int.from_bytes(MS_KEY[1:5], "big") << 7 & 0xFFFFFFFF | MS_KEY[5] >> 1
+    data = bytes(range(1, 37))
+    h = 0
+    for i, b in enumerate(data):
+        h ^= t[256 * i + b]
+    assert h == rss.toeplitz(MS_KEY, data)

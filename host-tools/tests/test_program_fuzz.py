@@ -21,10 +21,11 @@ Verdicts on what the fuzzing found (see :data:`REGRESSION_CASES`):
   drops a Destination Options header with more than 8 options or more than 7 bytes of
   consecutive padding, ``net.ipv6.max_dst_opts_number``).  Named divergence of
   ``behaviour="hashlab-ebpf"`` in ``hashlab.rss``.
-* ``rss-bpf-ext-chain-16-refused`` -- a program bug (an off-by-one in
-  ``parse_ipv6_ext``): pinned in ``hashlab.bench.differential.PROGRAM_BUGS``, its runs
-  counted apart and the tests marked xfail while it is there.  Once qemu/patches is
-  fixed, delete the pin: the tests then enforce the spec on those frames too.
+* ``rss-bpf-ext-chain-16-refused`` -- was a program bug (an off-by-one in
+  ``parse_ipv6_ext``: a chain of exactly 16 extension headers got no hash), fixed in
+  qemu/patches 0001; its frames are now "boundary" cases held to the spec.  A new
+  program bug would be pinned in ``hashlab.bench.differential.PROGRAM_BUGS`` (its runs
+  counted apart, the tests xfail while it is there).
 
 Frames the kernel refuses (``EINVAL``: an untagged IPv4/IPv6 frame shorter than its
 fixed IP header, ``bpf_prog_test_run_skb``) are counted per reason and reported; any
@@ -102,10 +103,10 @@ def _pads_then_hao(n: int, l4: int = TCP) -> bytes:
 # neighbours of a limit, where program and spec agree).
 REGRESSION_CASES: dict[str, tuple[bytes, int, str, str]] = {
     "ext-chain-15-tcp": (_chain(15), LINUX_GUEST_TYPES, "spec", "boundary"),
-    "ext-chain-16-tcp": (_chain(16), LINUX_GUEST_TYPES, "spec", "rss-bpf-ext-chain-16-refused"),
-    "ext-chain-16-udp-ex": (_chain(16, UDP), ALL_TYPES, "spec", "rss-bpf-ext-chain-16-refused"),
+    "ext-chain-16-tcp": (_chain(16), LINUX_GUEST_TYPES, "spec", "boundary"),
+    "ext-chain-16-udp-ex": (_chain(16, UDP), ALL_TYPES, "spec", "boundary"),
     "ext-chain-16-hao-last": (_v6([_dst(opt_pad(6))] * 15 + [_hao_dst()], TCP), int(EXT), "spec",
-                              "rss-bpf-ext-chain-16-refused"),
+                              "boundary"),
     "ext-chain-17-tcp": (_chain(17), ALL_TYPES, "spec", "boundary"),  # no hash: too long
     "hao-after-29-pad1": (_pads_then_hao(29), int(EXT), "spec", "boundary"),
     "hao-after-30-pad1": (_pads_then_hao(30), int(EXT), "hashlab-ebpf", "hashlab-ebpf-hao-30-options"),
@@ -247,6 +248,23 @@ def test_fuzz_hostile_corpus_vnet_hash(vnet_prog, record_property):
 
 
 # --------------------------------------------------------------------------- host tier
+
+
+@pytest.mark.parametrize("name", list(REGRESSION_CASES))
+def test_regression_case_socket_hash_only(socket_prog, name):
+    """The regression cases on the host: a hash-only configuration makes the socket
+    form's queue the hash's low 16 bits."""
+    obj, prog = socket_prog
+    frame, types, answer, verdict = REGRESSION_CASES[name]
+    cfg = diff.Config(f"regression-{name}", MS_KEY, types, (0,), 99, redirect=False)
+    cfg.apply(obj)
+    (res,) = testrun.run(prog.fd, [frame])
+    assert res.err == 0
+    want = cfg.expect(*rss.hash_packet(frame, MS_KEY, types, answer))
+    if verdict in diff.PROGRAM_BUGS and res.retval != want[2]:
+        assert res.retval == diff.PROGRAM_BUGS[verdict].wrong(cfg)[2], "not even the pinned bug's answer"
+        pytest.xfail(f"program bug {verdict}: {diff.PROGRAM_BUGS[verdict].what}")
+    assert res.retval == want[2], f"{name}: program queue {res.retval}, {answer} {want}"
 
 
 def test_fuzz_socket_form_on_host(socket_prog, record_property):
