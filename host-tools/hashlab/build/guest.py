@@ -20,6 +20,7 @@ ethtool and its libraries, the agent, this builder).
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import lzma
@@ -239,6 +240,9 @@ def lab_kernel() -> Path:
     """The cached lab kernel's bzImage (never builds it: that takes a quarter hour)."""
     from . import kernel as labk
 
+    env = os.environ.get("HASHLAB_LAB_KERNEL")  # inside the lab VM: the running kernel
+    if env and Path(env).is_file():
+        return Path(env)
     e = labk.entry()
     if not e.done or not (e.path / "bzImage").exists():
         raise MissingToolError("the lab kernel is not built yet: run `hashlab build kernel` "
@@ -254,6 +258,9 @@ def build_guest(kernel: str | Path = "debian", modules: list[str] | None = None,
     ``"deb:linux-image-..."`` (another Debian kernel package), ``"lab"`` (the cached lab
     kernel, everything built in) or a bzImage path.
     """
+    prepared = _prepared(kernel, modules, module_dir, rebuild)
+    if prepared is not None:
+        return prepared
     for f in AGENT_FILES:
         if not (GUEST_TESTS_DIR / f).exists():
             raise MissingToolError(f"guest agent file missing: {GUEST_TESTS_DIR / f}")
@@ -264,6 +271,15 @@ def build_guest(kernel: str | Path = "debian", modules: list[str] | None = None,
     kernel = str(kernel)
     if kernel == "lab":
         kernel = str(lab_kernel())
+    memo = _memo_path(kernel, modules, module_dir)
+    if memo is not None and not rebuild:
+        try:
+            key = memo.read_text().strip()
+            path = cache_root() / "guest" / key
+            if (path / ".done").exists():
+                return _image(path, key)
+        except OSError:
+            pass
     if kernel == "debian" or kernel.startswith("deb:"):
         pkg = versions()["GUEST_KERNEL_PKG"] if kernel == "debian" else kernel[4:]
         if not re.fullmatch(r"linux-image-[A-Za-z0-9.+~-]+", pkg):
@@ -299,6 +315,7 @@ def build_guest(kernel: str | Path = "debian", modules: list[str] | None = None,
     entry = CacheEntry(ikey)
 
     if entry.done and not rebuild:
+        _memo_write(memo, ikey.key)
         return _image(entry.path, ikey.key)
 
     with entry.fill() as out:
@@ -332,7 +349,60 @@ def build_guest(kernel: str | Path = "debian", modules: list[str] | None = None,
             "modules": [n for n, _ in mods],
             "ethtool_libs": [str(x) for x in libs],
         }, indent=1) + "\n")
+    _memo_write(memo, ikey.key)
     return _image(entry.path, ikey.key)
+
+
+def _memo_path(kernel: str, modules, module_dir) -> Path | None:
+    """Where the entry key for these inputs' *file stats* is remembered.
+
+    Computing the real key reads every input (kernel, modules, busybox, ethtool, its
+    libraries) and runs modinfo/ldd: seconds on the host, half a minute in the lab VM
+    over 9p under TCG.  Like make, trust (path, size, mtime, inode) of the files that
+    name the inputs; the remembered key still has to point at a finished entry.
+    """
+    if modules is not None or module_dir is not None:
+        return None
+    if kernel == "debian" or kernel.startswith("deb:"):
+        pkg = versions()["GUEST_KERNEL_PKG"] if kernel == "debian" else kernel[4:]
+        done = cache_root() / "debs" / pkg / ".done"
+        if not done.exists():
+            return None
+        files = [done]
+    else:
+        files = [Path(kernel)]
+    files += [Path(__file__), BUSYBOX, ETHTOOL] + [GUEST_TESTS_DIR / f for f in AGENT_FILES]
+    h = hashlib.sha256(kernel.encode())
+    try:
+        for f in files:
+            st = f.stat()
+            h.update(f"|{f}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}".encode())
+    except OSError:
+        return None
+    return cache_root() / "guest" / ".memo" / h.hexdigest()[:24]
+
+
+def _memo_write(memo: Path | None, key: str) -> None:
+    if memo is None:
+        return
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        memo.write_text(key + "\n")
+    except OSError:
+        pass
+
+
+def _prepared(kernel, modules, module_dir, rebuild) -> GuestImage | None:
+    """In the lab VM: the image the host built for KERNEL (hashlab.datapath.prepare_lab);
+    hashing every input again over 9p under TCG takes half a minute."""
+    if modules is not None or module_dir is not None or rebuild:
+        return None
+    from ..datapath import prep
+
+    d = prep().get("guest_images", {}).get(str(kernel))
+    if d and (Path(d) / ".done").exists():
+        return _image(Path(d), Path(d).name)
+    return None
 
 
 def _image(path: Path, key: str) -> GuestImage:

@@ -22,7 +22,6 @@ changes what ends up in an entry.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import shutil
@@ -30,11 +29,11 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from ..cache import CacheEntry, InputKey
+from . import steps
+from .steps import run_step
 from ..errors import HashlabError, MissingToolError
 from ..paths import KERNEL_DIR, cache_root, versions
 
@@ -190,46 +189,12 @@ def _progress(logfile: Path, label: str, stop: threading.Event, t0: float) -> No
 
 def run(cmd: list[str], logfile: Path, label: str, cwd: Path | None = None,
         env: dict[str, str] | None = None, nice: int = 0, progress: bool = False) -> None:
-    """Run cmd with output appended to logfile; on failure show the log's tail."""
-    full_env = dict(os.environ)
-    full_env.update(env or {})
-    full_env["LC_ALL"] = "C"
-    argv = (["nice", "-n", str(nice)] if nice else []) + cmd
-    t0 = time.monotonic()
-    with open(logfile, "ab") as out:
-        out.write(f"\n### {label}: {' '.join(cmd)}\n".encode())
-        out.flush()
-        stop = threading.Event()
-        thread = None
-        if progress:
-            thread = threading.Thread(target=_progress, args=(logfile, label, stop, t0),
-                                      daemon=True)
-            thread.start()
-        try:
-            rc = subprocess.run(argv, cwd=cwd, env=full_env, stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
-        finally:
-            stop.set()
-            if thread:
-                thread.join()
-    if rc != 0:
-        tail = logfile.read_text(errors="replace").splitlines()[-25:]
-        for line in tail:
-            print(f"    {line}", file=sys.stderr)
-        raise KernelBuildError(f"{label} failed (exit {rc}); full log: {logfile}")
-    log(f"{label}: done in {time.monotonic() - t0:.0f}s")
+    run_step(cmd, logfile, label, error=KernelBuildError, log=log, cwd=cwd, env=env, nice=nice,
+             progress=_progress if progress else None)
 
 
-@contextmanager
-def locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log(f"waiting for another build holding {path}")
-            fcntl.flock(f, fcntl.LOCK_EX)
-        yield
+def locked(path: Path):
+    return steps.locked(path, log)
 
 
 def _make_env(work: Path) -> dict[str, str]:
