@@ -79,6 +79,15 @@ def _load_factor() -> float:
         return 1.0
 
 
+def die_with_parent() -> None:
+    """In the child: SIGKILL it when the test process dies, however it dies (a halted
+    TCG guest would otherwise outlive a SIGKILLed pytest)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 class QtestError(HashlabError):
     """A qtest failure; names the QEMU command line and its log."""
 
@@ -227,6 +236,7 @@ class QtestMachine:
                 stderr=subprocess.STDOUT,
                 pass_fds=(qt_theirs.fileno(), qmp_theirs.fileno(), *self.pass_fds),
                 start_new_session=True,
+                preexec_fn=die_with_parent,
             )
         except OSError as e:
             raise QtestStartError(f"cannot run QEMU: {e}", self.cmdline, self.log_path) from None
