@@ -390,3 +390,22 @@ def test_qtest_dgram_netdev_has_no_hash_report():
         assert r.net.rss_config(ALL, [0], rss.MS_KEY) == 0
         res = r.run([f.data for f in CORPUS.select(["ipv4-udp"])])
         assert not res.missing and all(rx.hash_report == 0 for _, rx in res.matched)
+
+
+@pytest.mark.parametrize("setup_name", ["rss-all-mskey", "rss-linux-types-2q", "hash-all-randkey"])
+def test_qtest_hostile_frames_stock_qemu(rig, setup_name):
+    """The hostile corpus through stock QEMU's software path: each delivered frame has
+    the oracle's (qemu-software) hash, report and queue; nothing with an Ethernet header
+    is lost; the device keeps receiving."""
+    from hashlab.hostile import hostile
+    from hashlab.packets import CorpusFrame
+
+    frames = [CorpusFrame(i, h.slice, h.desc, h.data)
+              for i, h in enumerate(hostile()) if len(h.data) <= 1514]
+    out = run_setup(rig, setup_named(setup_name), frames)
+    counts, bad = check_outcome(out)
+    print(f"hostile/{setup_name}: {len(frames)} sent, {len(out.received)} delivered, {len(bad)} mismatches")
+    assert not bad, bad[:20]
+    assert not [o for o in out.missing if len(o.frame.data) >= 14]
+    again = run_setup(rig, setup_named(setup_name), CORPUS[:32])
+    assert len(again.received) == 32
