@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "commands.run",  # run SCENARIO.yaml
     "commands.build",  # build kernel|qemu|guest
     "commands.lab",  # lab [--] CMD
+    "commands.compare",  # compare [--rows ...]
     "commands.bench",  # bench program|datapath|turnaround
 ]
 

@@ -125,9 +125,127 @@ def device_hash_types(initial: GuestState, final: GuestState) -> int:
     return 0 if initial.rxhash else initial.hash_types
 
 
-async def configure(vm: Machine, spec: GuestSpec, queues: int) -> list[dict]:
-    """Apply SPEC in the guest; returns the commands run with their output."""
+def apply_flow(saved: int, flow: str, fields: str) -> int:
+    """The driver's saved hash types after ``ethtool -N X rx-flow-hash FLOW FIELDS``
+    (virtnet_set_hashflow: 'sd' keeps only the address type, 'sdfn' adds the 4-tuple)."""
+    ip, l4 = FLOW_TYPES[flow]
+    saved &= ~int(ip | l4)
+    saved |= int(ip) | (int(l4) if fields == "sdfn" else 0)
+    return saved
+
+
+@dataclass
+class DriverModel:
+    """What Linux 6.12's virtio_net has told the device, command by command.
+
+    The device hashes with the types of the last RSS_CONFIG / HASH_CONFIG the driver
+    sent ("commit"), and QEMU turns RSS *and* hash reporting off on VQ_PAIRS_SET (the
+    last MQ command wins), which the driver sends for ``ethtool -L`` when it has no RSS
+    or the indirection table was set by the user.  The driver's rules:
+
+    * probe: commit the supported types, then set the queue pairs (RSS: commit again;
+      otherwise VQ_PAIRS_SET);
+    * ``-K rxhash on|off`` (a change): commit the saved types, or none (0);
+    * ``-N rx-flow-hash``: new saved types go into the header, committed only with rxhash on;
+    * ``-X`` (key and/or table): commit what the header holds;
+    * ``-L`` (a change): RSS and no user table: commit; else VQ_PAIRS_SET.
+    """
+
+    has_rss: bool
+    has_hash_report: bool
+    multiqueue: bool
+    saved: int
+    hdr: int
+    rxhash: bool
+    queues: int
+    committed: int = 0
+    hashing: bool = False
+    rxfh_configured: bool = False
+    commands: list[str] = field(default_factory=list)
+
+    @classmethod
+    def at_boot(cls, gs0: "GuestState") -> "DriverModel":
+        f = gs0.features
+        m = cls(has_rss=VIRTIO_NET_F_RSS in f, has_hash_report=VIRTIO_NET_F_HASH_REPORT in f,
+                multiqueue=VIRTIO_NET_F_MQ in f and VIRTIO_NET_F_CTRL_VQ in f,
+                saved=gs0.hash_types, hdr=gs0.hash_types, rxhash=gs0.rxhash,
+                queues=gs0.combined)
+        if m.has_rss or m.has_hash_report:
+            m._commit("probe")
+            m._set_queues(gs0.combined, "probe")
+        return m
+
+    @property
+    def device_types(self) -> int:
+        """The hash types the device uses now (0: hashing off)."""
+        return self.committed if self.hashing else 0
+
+    def _commit(self, why: str) -> None:
+        self.committed = self.hdr
+        self.hashing = True
+        kind = "RSS_CONFIG" if self.has_rss else "HASH_CONFIG"
+        self.commands.append(f"{why}: {kind} types {rss.hash_type_names(self.hdr)}")
+
+    def _set_queues(self, n: int, why: str) -> None:
+        if not self.multiqueue:
+            return
+        if self.has_rss and not self.rxfh_configured:
+            self._commit(why)
+        else:
+            self.hashing = False
+            self.commands.append(f"{why}: VQ_PAIRS_SET {n} (QEMU: RSS and hash reporting off)")
+
+    def channels(self, n: int) -> None:
+        if n != self.queues:
+            self.queues = n
+            self._set_queues(n, f"ethtool -L combined {n}")
+
+    def set_rxhash(self, on: bool) -> None:
+        if on != self.rxhash:
+            self.rxhash = on
+            self.hdr = self.saved if on else 0
+            if self.has_rss or self.has_hash_report:
+                self._commit(f"ethtool -K rxhash {'on' if on else 'off'}")
+
+    def flow(self, flow: str, fields: str) -> None:
+        new = apply_flow(self.saved, flow, fields)
+        if new != self.saved:
+            self.saved = new
+            self.hdr = new
+            if self.rxhash:
+                self._commit(f"ethtool -N {flow} {fields}")
+
+    def rxfh(self, table: bool) -> None:
+        if table:
+            self.rxfh_configured = True
+        self._commit("ethtool -X")
+
+
+def _xargs(key: bytes | None, table, queues: int, has_rss: bool) -> tuple[list[str], bool]:
+    """``ethtool -X`` arguments for KEY/TABLE; the table only with RSS."""
+    xargs: list[str] = []
+    if key is not None:
+        xargs += ["hkey", ":".join(f"{b:02x}" for b in key)]
+    with_table = False
+    if has_rss and table is not None:
+        if isinstance(table, list):
+            xargs += ["weight", *map(str, table)]
+            with_table = True
+        elif table.startswith("equal"):
+            xargs += ["equal", table.split(":", 1)[1] if ":" in table else str(queues)]
+            with_table = True
+    return xargs, with_table
+
+
+async def configure(vm: Machine, spec: GuestSpec, queues: int,
+                    model: DriverModel | None = None) -> list[dict]:
+    """Apply SPEC in the guest; returns the commands run with their output.
+
+    MODEL, when given, follows every command (see DriverModel).  Without RSS (hash
+    reporting only) the driver has no indirection table: a table in SPEC is skipped.
+    """
     log: list[dict] = []
+    has_rss = model.has_rss if model is not None else True
 
     async def run(verb: str, *args: str) -> None:
         r = await vm.agent(verb, *args)
@@ -136,21 +254,61 @@ async def configure(vm: Machine, spec: GuestSpec, queues: int) -> list[dict]:
     await run("sh", f"ip link set {IFNAME} up promisc on; "
                     f"echo 1 > /proc/sys/net/ipv6/conf/{IFNAME}/disable_ipv6")
     await run("ethtool", "-L", IFNAME, "combined", str(queues))
+    if model is not None:
+        model.channels(queues)
     await run("ethtool", "-K", IFNAME, "rxhash", "on" if spec.rxhash else "off")
-    xargs: list[str] = []
-    key = spec.key_bytes()
-    if key is not None:
-        xargs += ["hkey", ":".join(f"{b:02x}" for b in key)]
-    t = spec.table
-    if isinstance(t, list):
-        xargs += ["weight", *map(str, t)]
-    elif t.startswith("equal"):
-        xargs += ["equal", t.split(":", 1)[1] if ":" in t else str(queues)]
+    if model is not None:
+        model.set_rxhash(spec.rxhash)
+    xargs, with_table = _xargs(spec.key_bytes(), spec.table, queues, has_rss)
+    if not has_rss and spec.table not in ("driver", None) and spec.table != "equal":
+        log.append({"cmd": f"(table {spec.table} skipped: no RSS)", "rc": 0, "out": ""})
     if xargs:
         await run("ethtool", "-X", IFNAME, *xargs)
+        if model is not None:
+            model.rxfh(with_table)
     for flow, fields in spec.flow_hash.items():
         await run("ethtool", "-N", IFNAME, "rx-flow-hash", flow, fields)
+        if model is not None:
+            model.flow(flow, fields)
     return log
+
+
+async def reconfigure(vm: Machine, step, model: DriverModel) -> list[dict]:
+    """Apply one ``reconfigure`` step (hashlab.scenario.ReconfigStep) in the guest."""
+    log: list[dict] = []
+
+    async def run(verb: str, *args: str) -> None:
+        r = await vm.agent(verb, *args)
+        log.append({"cmd": f"{verb} {' '.join(args)}", "rc": r.rc, "out": r.output})
+
+    if step.queues is not None:
+        await run("ethtool", "-L", IFNAME, "combined", str(step.queues))
+        model.channels(step.queues)
+    if step.rxhash is not None:
+        await run("ethtool", "-K", IFNAME, "rxhash", "on" if step.rxhash else "off")
+        model.set_rxhash(step.rxhash)
+    xargs, with_table = _xargs(step.key_bytes(), step.table, model.queues, model.has_rss)
+    if xargs:
+        await run("ethtool", "-X", IFNAME, *xargs)
+        model.rxfh(with_table)
+    for flow, fields in step.flow_hash.items():
+        await run("ethtool", "-N", IFNAME, "rx-flow-hash", flow, fields)
+        model.flow(flow, fields)
+    return log
+
+
+_KEY_RE = re.compile(r"RSS hash key:\s*\n?\s*([0-9a-fA-F:]+)")
+
+
+def parse_rss(text: str) -> tuple[bytes, list[int]]:
+    """``ethtool -x``: (key, table); without RSS the driver has no table: ([0])."""
+    try:
+        return rss.parse_ethtool_x(text)
+    except ValueError:
+        m = _KEY_RE.search(text)
+        if not m:
+            raise
+        return rss.parse_key(m.group(1)), []
 
 
 async def readback(vm: Machine) -> GuestState:
@@ -164,7 +322,7 @@ async def readback(vm: Machine) -> GuestState:
         out = (await vm.agent("ethtool", "-n", IFNAME, "rx-flow-hash", flow)).output
         raw[f"ethtool -n rx-flow-hash {flow}"] = out
         flows[flow] = parse_flow_hash(out)
-    key, table = rss.parse_ethtool_x(raw["ethtool -x"])
+    key, table = parse_rss(raw["ethtool -x"])
     rxhash = any(ln.strip() == "receive-hashing: on" for ln in raw["ethtool -k"].splitlines())
     combined = 0
     cur = raw["ethtool -l"].split("Current hardware settings:", 1)[-1]

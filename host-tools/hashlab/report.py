@@ -61,6 +61,8 @@ class Sent:
     expect: Expectation
     arrive: bool | str = True  # True, False or "any"
     known: str | None = None  # reason, when the scenario pins a known divergence
+    check_queue: bool = True  # False: the receive queue is the tap's choice (not judged)
+    batch: int = 0  # traffic batch (scenarios that reconfigure between batches)
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,7 @@ class Verdict:
     expected: dict[str, Any]
     observed: dict[str, Any] | None = None
     fields: list[str] = field(default_factory=list)  # what differs: hash, class, queue
+    batch: int = 0
 
 
 @dataclass
@@ -133,6 +136,28 @@ def compare(sent: Iterable[Sent], observed: Iterable[Observed], check_hash: bool
     the guest) the guest sees no hash at all, so hash 0 and class none are expected.
     """
     sent = list(sent)
+    verdicts, extras = _verdicts(sent, observed, check_hash)
+    _mark_stale(sent, verdicts)
+    return summarize(verdicts, extras, check_hash)
+
+
+def compare_batches(batches: list[tuple[list[Sent], list[Observed], bool]]) -> Comparison:
+    """``compare`` over several batches of traffic, each ``(sent, observed, check_hash)``
+    (frames are matched to records within their batch); pins are judged over all."""
+    all_sent: list[Sent] = []
+    verdicts: list[Verdict] = []
+    extras: list[dict] = []
+    for sent, observed, check_hash in batches:
+        sent = list(sent)
+        v, e = _verdicts(sent, observed, check_hash)
+        all_sent += sent
+        verdicts += v
+        extras += e
+    _mark_stale(all_sent, verdicts)
+    return summarize(verdicts, extras, all(b[2] for b in batches))
+
+
+def _verdicts(sent: list[Sent], observed: Iterable[Observed], check_hash: bool):
     by_len: dict[int, list[Observed]] = {}
     for o in observed:
         by_len.setdefault(o.len + ETH_HLEN, []).append(o)
@@ -144,10 +169,12 @@ def compare(sent: Iterable[Sent], observed: Iterable[Observed], check_hash: bool
         e = s.expect
         exp_hash = e.hash if check_hash else 0
         exp_class = hash_class(e.report) if check_hash else "none"
-        expected = {"hash": f"{exp_hash:#010x}", "class": exp_class, "queue": e.queue,
+        expected = {"hash": f"{exp_hash:#010x}", "class": exp_class,
+                    "queue": e.queue if s.check_queue else None,
                     "report": Report(e.report).name}
         seen = by_len.get(s.length, [])
-        v = Verdict(s.id, s.slice, s.desc, s.length, Report(e.report).name, MATCH, expected)
+        v = Verdict(s.id, s.slice, s.desc, s.length, Report(e.report).name, MATCH, expected,
+                    batch=s.batch)
         if not seen:
             v.status = {True: MISSING, False: DROPPED_OK}.get(s.arrive, MISSING_OK)
         else:
@@ -158,7 +185,7 @@ def compare(sent: Iterable[Sent], observed: Iterable[Observed], check_hash: bool
                 v.fields.append("hash")
             if v.observed["class"] != exp_class:
                 v.fields.append("class")
-            if o.queue != e.queue:
+            if s.check_queue and o.queue != e.queue:
                 v.fields.append("queue")
             if len(seen) > 1:
                 v.status = DUPLICATE
@@ -171,6 +198,10 @@ def compare(sent: Iterable[Sent], observed: Iterable[Observed], check_hash: bool
                 v.expected["known_divergence"] = s.known
         verdicts.append(v)
 
+    return verdicts, extras
+
+
+def _mark_stale(sent: list[Sent], verdicts: list[Verdict]) -> None:
     # A pin (per description group) that no frame needs any more is stale: fail it, so
     # that fixed divergences get unpinned.
     pinned: dict[str, list[Verdict]] = {}
@@ -183,6 +214,9 @@ def compare(sent: Iterable[Sent], observed: Iterable[Observed], check_hash: bool
                 if v.status == MATCH:
                     v.status = STALE_PIN
 
+
+def summarize(verdicts: list[Verdict], extras: list[dict], check_hash: bool = True) -> Comparison:
+    """Per-report, per-slice and per-queue tables over VERDICTS."""
     by_report: dict[str, dict[str, int]] = {r.name: _row() for r in Report}
     by_slice: dict[str, dict[str, int]] = {}
     queues: dict[int, dict[str, int]] = {}
@@ -201,10 +235,15 @@ def compare(sent: Iterable[Sent], observed: Iterable[Observed], check_hash: bool
             else:
                 row["dropped"] += 1
         if v.observed is not None:
-            queues.setdefault(v.expected["queue"], {"expected": 0, "observed": 0})["expected"] += 1
+            if v.expected["queue"] is not None:
+                queues.setdefault(v.expected["queue"], {"expected": 0, "observed": 0})["expected"] += 1
             queues.setdefault(v.observed["queue"], {"expected": 0, "observed": 0})["observed"] += 1
     by_report = {k: r for k, r in by_report.items() if r["sent"]}
     return Comparison(verdicts, extras, by_report, by_slice, dict(sorted(queues.items())), check_hash)
+
+
+def queue_checked(cmp: Comparison) -> bool:
+    return any(v.expected.get("queue") is not None for v in cmp.verdicts)
 
 
 # --------------------------------------------------------------------------- output
@@ -225,7 +264,8 @@ def _table(title: str, rows: dict[str, dict[str, int]]) -> list[str]:
 def render_table(cmp: Comparison, max_failures: int = 20) -> str:
     lines = _table("report type", cmp.by_report)
     lines.append("")
-    lines.append(f"{'queue':<8}{'expected':>10}{'observed':>10}")
+    lines.append(f"{'queue':<8}{'expected':>10}{'observed':>10}"
+                 + ("" if queue_checked(cmp) else "   (queue not judged: the tap's choice)"))
     for q, r in cmp.queues.items():
         lines.append(f"{q:<8}{r['expected']:>10}{r['observed']:>10}")
     fails = cmp.failures
@@ -233,7 +273,8 @@ def render_table(cmp: Comparison, max_failures: int = 20) -> str:
         lines.append("")
         lines.append(f"{len(fails)} failing frame(s):")
         for v in fails[:max_failures]:
-            lines.append(f"  #{v.id} [{v.slice}] {v.desc} len={v.length}: {v.status}"
+            b = f"batch {v.batch} " if v.batch else ""
+            lines.append(f"  {b}#{v.id} [{v.slice}] {v.desc} len={v.length}: {v.status}"
                          f" {','.join(v.fields)} expected={v.expected} observed={v.observed}")
         if len(fails) > max_failures:
             lines.append(f"  ... {len(fails) - max_failures} more in results.json")

@@ -14,21 +14,41 @@ A scenario is a YAML mapping, validated strictly (an unknown or mistyped field i
       table: equal                    # equal | equal:N | [w0, w1, ...] (weights) | driver
       flow_hash:                      # ethtool -N eth0 rx-flow-hash FLOW FIELDS, in order
         tcp4: sdfn                    # FLOW: tcp4 udp4 tcp6 udp6; FIELDS: sdfn | sd
-      cpus: 2
+      cpus: 2                         # default: 2, but 1 under KVM in the lab VM (nested
+                                      # KVM under TCG loses IPIs between guest vCPUs)
       memory: 512M
     datapath:
-      qemu: host                      # host (/usr/bin/qemu-system-x86_64) or a path
+      qemu: stock                     # stock (= host: Debian's /usr/bin/qemu-system-x86_64),
+                                      # patched (the cached `hashlab build qemu`), or a path
+      vhost: "off"                    # on | off: -netdev tap,vhost=... (vhost_net)
+      where: host                     # host (this machine, TCG) | lab (inside the lab VM,
+                                      # KVM: `hashlab run` boots the lab VM for it)
+      accel: auto                     # auto (kvm in the lab, tcg on the host) | kvm | tcg
       queues: 2                       # tap queues = the device's queue pairs
-      netdev: {vhost: "off"}          # extra -netdev tap options
+      netdev: {}                      # extra -netdev tap options
       device: {rss: "on", hash: "on"} # extra -device virtio-net-pci options
-      behaviour: qemu-software        # oracle model: spec | qemu-software | qemu-ebpf
+      behaviour: auto                 # oracle model: spec | qemu-software | qemu-ebpf | auto
+                                      # (auto: spec for patched QEMU in the lab, where its
+                                      # eBPF program hashes; qemu-software otherwise)
     corpus:
       seed: 0
       slices: all                     # or a list of slice names
+    reconfigure:                      # optional: RSS reconfigured between batches of traffic
+      during_traffic: true            # keep filler frames flowing while the guest reconfigures
+      steps:                          # one batch (the whole corpus selection) per step, after
+        - {key: random:2, table: [1, 3], flow_hash: {tcp4: sd}, rxhash: true, queues: 2}
     expect:
       rss_negotiated: true
       hash_report_negotiated: true
       hash_types: tcpv4,udpv4,...     # what the guest should end up with (optional)
+      hashes: oracle                  # oracle | none (the guest must see no hash at all)
+      queues: auto                    # auto | table | hash | any: how the receive queue is
+                                      # chosen (table: RSS indirection; hash: (hash & 0xffff)
+                                      # mod active queues, hash reporting without RSS; any:
+                                      # not checked). auto: table with RSS, hash without RSS on
+                                      # a spec (eBPF) datapath, else any
+      vhost: auto                     # true | false | auto (= datapath.vhost): vhost_net must be
+                                      # running (QMP vhost-started, /dev/vhost-net fds)
       arrive: {truncated: any}        # per slice: true | false | any (default true)
       known_divergences:              # corpus description (without " #n") -> reason:
         "ipv6 AH tcp": "..."          # pinned mismatches; a pin that matches fails
@@ -65,9 +85,14 @@ class GuestSpec:
     key: str = "ms"
     table: str | list[int] = "equal"
     flow_hash: dict[str, str] = field(default_factory=dict)
-    cpus: int = 2
+    cpus: int | None = None  # None: 2, or 1 under KVM in the lab VM (resolved_cpus)
     memory: str = "512M"
     rss_key_quirk: str = "auto"
+
+    def resolved_cpus(self, accel: str) -> int:
+        if self.cpus is not None:
+            return self.cpus
+        return 1 if accel == "kvm" else 2
 
     def key_bytes(self) -> bytes | None:
         """The key to program, or None to keep the driver's (random) one."""
@@ -83,17 +108,55 @@ class GuestSpec:
         return rss.parse_key(k)
 
 
+QEMU_KINDS = ("stock", "patched")  # plus "host" (= stock) and paths
+WHERE = ("host", "lab")
+ACCELS = ("auto", "kvm", "tcg")
+QUEUE_MODELS = ("auto", "table", "hash", "any")
+HASH_MODELS = ("oracle", "none")
+
+
 @dataclass
 class DatapathSpec:
-    qemu: str = "host"
+    qemu: str = "stock"  # stock | patched | a path ("host" is read as stock)
     queues: int = 2
     netdev: dict[str, str] = field(default_factory=lambda: {"vhost": "off"})
     device: dict[str, str] = field(default_factory=lambda: {"mq": "on", "rss": "on", "hash": "on"})
-    behaviour: str = "qemu-software"
+    behaviour: str = "auto"
+    where: str = "host"
+    accel: str = "auto"
+
+    @property
+    def vhost(self) -> bool:
+        return self.netdev.get("vhost", "off") == "on"
+
+    @property
+    def qemu_kind(self) -> str:
+        """stock, patched, or custom (a path)."""
+        return self.qemu if self.qemu in QEMU_KINDS else "custom"
 
     @property
     def qemu_binary(self) -> str:
-        return HOST_QEMU if self.qemu == "host" else self.qemu
+        """The QEMU to run; for ``patched`` the cached build (MissingToolError if not built)."""
+        if self.qemu == "stock":
+            return HOST_QEMU
+        if self.qemu == "patched":
+            from .datapath import patched_qemu
+
+            return str(patched_qemu())
+        return self.qemu
+
+    def resolved_accel(self, in_lab: bool) -> str:
+        if self.accel != "auto":
+            return self.accel
+        return "kvm" if in_lab else "tcg"
+
+    def resolved_behaviour(self, kernel_has_series: bool) -> str:
+        """The oracle model; ``auto``: spec where the patched eBPF program hashes."""
+        if self.behaviour != "auto":
+            return self.behaviour
+        if self.qemu == "patched" and kernel_has_series:
+            return "spec"
+        return "qemu-software"
 
 
 @dataclass
@@ -107,11 +170,47 @@ class ExpectSpec:
     rss_negotiated: bool | None = None
     hash_report_negotiated: bool | None = None
     hash_types: int | None = None
+    hashes: str = "oracle"
+    queues: str = "auto"
+    vhost: bool | None = None  # None: as datapath.vhost
     arrive: dict[str, Any] = field(default_factory=dict)
     known_divergences: dict[str, str] = field(default_factory=dict)
 
     def arrival(self, slice_: str) -> bool | str:
         return self.arrive.get(slice_, True)
+
+
+@dataclass
+class ReconfigStep:
+    """One reconfiguration of the guest between two batches of traffic."""
+
+    key: str | None = None
+    table: str | list[int] | None = None
+    flow_hash: dict[str, str] = field(default_factory=dict)
+    rxhash: bool | None = None
+    queues: int | None = None
+
+    def key_bytes(self) -> bytes | None:
+        return None if self.key is None else GuestSpec(key=self.key).key_bytes()
+
+    def describe(self) -> str:
+        parts = []
+        if self.queues is not None:
+            parts.append(f"combined {self.queues}")
+        if self.rxhash is not None:
+            parts.append(f"rxhash {'on' if self.rxhash else 'off'}")
+        if self.key is not None:
+            parts.append(f"key {self.key}")
+        if self.table is not None:
+            parts.append(f"table {self.table}")
+        parts += [f"{f} {v}" for f, v in self.flow_hash.items()]
+        return ", ".join(parts) or "nothing"
+
+
+@dataclass
+class ReconfigSpec:
+    steps: list[ReconfigStep] = field(default_factory=list)
+    during_traffic: bool = True
 
 
 @dataclass
@@ -123,12 +222,26 @@ class Scenario:
     datapath: DatapathSpec = field(default_factory=DatapathSpec)
     corpus: CorpusSpec = field(default_factory=CorpusSpec)
     expect: ExpectSpec = field(default_factory=ExpectSpec)
+    reconfigure: ReconfigSpec = field(default_factory=ReconfigSpec)
     timeouts: dict[str, float] = field(default_factory=lambda: {"boot": 180.0, "command": 60.0,
                                                                   "shutdown": 30.0})
 
     @property
     def guest_queues(self) -> int:
         return self.guest.queues or self.datapath.queues
+
+    @property
+    def where(self) -> str:
+        return self.datapath.where
+
+    @property
+    def expect_vhost(self) -> bool:
+        return self.datapath.vhost if self.expect.vhost is None else self.expect.vhost
+
+    @property
+    def rss_on(self) -> bool:
+        """The device offers RSS (virtio-net-pci rss=on)."""
+        return self.datapath.device.get("rss", "off") == "on"
 
 
 # --------------------------------------------------------------------------- validation
@@ -187,7 +300,7 @@ def parse_scenario(data: Any, where: str = "<scenario>", path: Path | None = Non
 
     v = _V(where)
     top = v.mapping("", data, {"name", "description", "guest", "datapath", "corpus", "expect",
-                               "timeouts"}, {"name"})
+                               "reconfigure", "timeouts"}, {"name"})
     name = v.typed("name", top["name"], str, "a string")
     if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", name):
         v.fail("name", f"{name!r} must match [a-z0-9][a-z0-9._-]*")
@@ -196,24 +309,44 @@ def parse_scenario(data: Any, where: str = "<scenario>", path: Path | None = Non
 
     # datapath first: guest.queues defaults to it
     dp = v.mapping("datapath", top.get("datapath", {}) or {},
-                   {"qemu", "queues", "netdev", "device", "behaviour"})
+                   {"qemu", "queues", "netdev", "device", "behaviour", "vhost", "where", "accel"})
     d = sc.datapath
     if "qemu" in dp:
-        d.qemu = v.typed("datapath.qemu", dp["qemu"], str, "'host' or a path")
-        if d.qemu != "host" and not Path(d.qemu).is_file():
-            v.fail("datapath.qemu", f"{d.qemu} does not exist")
+        q = v.typed("datapath.qemu", dp["qemu"], str, "stock, patched or a path")
+        d.qemu = "stock" if q == "host" else q
+        if d.qemu not in QEMU_KINDS and not Path(d.qemu).is_file():
+            v.fail("datapath.qemu", f"{d.qemu} is not stock, patched or an existing file")
     if "queues" in dp:
         d.queues = v.integer("datapath.queues", dp["queues"], 1, 16)
     if "netdev" in dp:
         d.netdev = {"vhost": "off", **v.options("datapath.netdev", dp["netdev"], RESERVED_NETDEV_OPTS)}
+    if "vhost" in dp:
+        vh = dp["vhost"]
+        if isinstance(vh, bool):  # YAML 1.1 reads on/off as booleans
+            vh = "on" if vh else "off"
+        if vh not in ("on", "off"):
+            v.fail("datapath.vhost", f"{vh!r} (valid: on, off)")
+        if "netdev" in dp and "vhost" in dp["netdev"] and d.netdev["vhost"] != vh:
+            v.fail("datapath.vhost", f"{vh} contradicts datapath.netdev.vhost={d.netdev['vhost']}")
+        d.netdev["vhost"] = vh
+    if d.netdev.get("vhost") not in ("on", "off"):
+        v.fail("datapath.netdev.vhost", f"{d.netdev.get('vhost')!r} (valid: on, off)")
     if "device" in dp:
         d.device = {"mq": "on", **v.options("datapath.device", dp["device"], RESERVED_DEVICE_OPTS)}
     if d.queues > 1 and d.device.get("mq") != "on":
         v.fail("datapath.device.mq", "must be on with more than one queue")
     if "behaviour" in dp:
         d.behaviour = v.typed("datapath.behaviour", dp["behaviour"], str, "a string")
-        if d.behaviour not in rss.BEHAVIOURS:
-            v.fail("datapath.behaviour", f"{d.behaviour!r} (valid: {', '.join(rss.BEHAVIOURS)})")
+        if d.behaviour not in rss.BEHAVIOURS + ("auto",):
+            v.fail("datapath.behaviour", f"{d.behaviour!r} (valid: auto, {', '.join(rss.BEHAVIOURS)})")
+    if "where" in dp:
+        d.where = v.typed("datapath.where", dp["where"], str, "host or lab")
+        if d.where not in WHERE:
+            v.fail("datapath.where", f"{d.where!r} (valid: {', '.join(WHERE)})")
+    if "accel" in dp:
+        d.accel = v.typed("datapath.accel", dp["accel"], str, "auto, kvm or tcg")
+        if d.accel not in ACCELS:
+            v.fail("datapath.accel", f"{d.accel!r} (valid: {', '.join(ACCELS)})")
 
     g = v.mapping("guest", top.get("guest", {}) or {},
                   {"kernel", "queues", "rxhash", "key", "table", "flow_hash", "cpus", "memory",
@@ -240,29 +373,9 @@ def parse_scenario(data: Any, where: str = "<scenario>", path: Path | None = Non
         if kb is not None and len(kb) != 40:
             v.fail("guest.key", f"the virtio-net device takes a 40-byte key, not {len(kb)}")
     if "table" in g:
-        t = g["table"]
-        if isinstance(t, str):
-            m = re.fullmatch(r"equal(?::(\d+))?|driver", t)
-            if not m:
-                v.fail("guest.table", f"{t!r}: use equal, equal:N, driver or a list of weights")
-            if m.group(1) is not None and not 1 <= int(m.group(1)) <= sc.guest_queues:
-                v.fail("guest.table", f"equal:{m.group(1)} needs 1..{sc.guest_queues} queues")
-        elif isinstance(t, list):
-            if not t or len(t) > sc.guest_queues:
-                v.fail("guest.table", f"needs 1..{sc.guest_queues} weights")
-            for i, w in enumerate(t):
-                v.integer(f"guest.table[{i}]", w, 0, 1 << 16)
-            if not any(t):
-                v.fail("guest.table", "all weights are zero")
-        else:
-            v.fail("guest.table", f"must be a string or a list of weights, not {type(t).__name__}")
-        gs.table = t
+        gs.table = _table(v, "guest.table", g["table"], sc.guest_queues)
     if "flow_hash" in g:
-        fh = v.mapping("guest.flow_hash", g["flow_hash"] or {}, set(FLOWS))
-        for k, val in fh.items():
-            if val not in FLOW_FIELDS:
-                v.fail(f"guest.flow_hash.{k}", f"{val!r} (valid: {', '.join(FLOW_FIELDS)})")
-        gs.flow_hash = dict(fh)
+        gs.flow_hash = _flow_hash(v, "guest.flow_hash", g["flow_hash"])
     if "rss_key_quirk" in g:
         gs.rss_key_quirk = v.typed("guest.rss_key_quirk", g["rss_key_quirk"], str, "a string")
         if gs.rss_key_quirk not in RSS_KEY_QUIRKS:
@@ -291,10 +404,20 @@ def parse_scenario(data: Any, where: str = "<scenario>", path: Path | None = Non
 
     e = v.mapping("expect", top.get("expect", {}) or {},
                   {"rss_negotiated", "hash_report_negotiated", "hash_types", "arrive",
-                   "known_divergences"})
+                   "known_divergences", "hashes", "queues", "vhost"})
     for k in ("rss_negotiated", "hash_report_negotiated"):
         if k in e:
             setattr(sc.expect, k, v.typed(f"expect.{k}", e[k], bool, "true or false"))
+    if "vhost" in e and e["vhost"] != "auto":
+        sc.expect.vhost = v.typed("expect.vhost", e["vhost"], bool, "true, false or auto")
+    if "hashes" in e:
+        sc.expect.hashes = v.typed("expect.hashes", e["hashes"], str, "oracle or none")
+        if sc.expect.hashes not in HASH_MODELS:
+            v.fail("expect.hashes", f"{sc.expect.hashes!r} (valid: {', '.join(HASH_MODELS)})")
+    if "queues" in e:
+        sc.expect.queues = v.typed("expect.queues", e["queues"], str, "a queue model")
+        if sc.expect.queues not in QUEUE_MODELS:
+            v.fail("expect.queues", f"{sc.expect.queues!r} (valid: {', '.join(QUEUE_MODELS)})")
     if "hash_types" in e:
         ht = v.typed("expect.hash_types", e["hash_types"], (str, int), "a hash type list")
         try:
@@ -319,6 +442,37 @@ def parse_scenario(data: Any, where: str = "<scenario>", path: Path | None = Non
                 v.fail(f"expect.known_divergences.{k}", "needs a reason (a non-empty string)")
         sc.expect.known_divergences = dict(kd)
 
+    if "reconfigure" in top:
+        r = v.mapping("reconfigure", top["reconfigure"] or {}, {"steps", "during_traffic"},
+                      {"steps"})
+        if "during_traffic" in r:
+            sc.reconfigure.during_traffic = v.typed("reconfigure.during_traffic",
+                                                    r["during_traffic"], bool, "true or false")
+        steps = r["steps"]
+        if not isinstance(steps, list) or not steps:
+            v.fail("reconfigure.steps", "must be a non-empty list of steps")
+        for i, st in enumerate(steps):
+            sp = f"reconfigure.steps[{i}]"
+            st = v.mapping(sp, st, {"key", "table", "flow_hash", "rxhash", "queues"})
+            step = ReconfigStep()
+            if "queues" in st:
+                step.queues = v.integer(f"{sp}.queues", st["queues"], 1, d.queues)
+            if "rxhash" in st:
+                step.rxhash = v.typed(f"{sp}.rxhash", st["rxhash"], bool, "true or false")
+            if "key" in st:
+                step.key = v.typed(f"{sp}.key", st["key"], str, "a key (ms, hex, random:SEED)")
+                try:
+                    kb = step.key_bytes()
+                except ValueError as err:
+                    v.fail(f"{sp}.key", str(err))
+                if kb is None or len(kb) != 40:
+                    v.fail(f"{sp}.key", "needs a 40-byte key (ms, hex or random:SEED)")
+            if "table" in st:
+                step.table = _table(v, f"{sp}.table", st["table"], step.queues or sc.guest_queues)
+            if "flow_hash" in st:
+                step.flow_hash = _flow_hash(v, f"{sp}.flow_hash", st["flow_hash"])
+            sc.reconfigure.steps.append(step)
+
     t = v.mapping("timeouts", top.get("timeouts", {}) or {}, {"boot", "command", "shutdown"})
     for k, val in t.items():
         v.typed(f"timeouts.{k}", val, (int, float), "a number of seconds")
@@ -326,6 +480,33 @@ def parse_scenario(data: Any, where: str = "<scenario>", path: Path | None = Non
             v.fail(f"timeouts.{k}", f"{val} out of range [1, 3600]")
         sc.timeouts[k] = float(val)
     return sc
+
+
+def _table(v: _V, path: str, t: Any, queues: int) -> str | list[int]:
+    if isinstance(t, str):
+        m = re.fullmatch(r"equal(?::(\d+))?|driver", t)
+        if not m:
+            v.fail(path, f"{t!r}: use equal, equal:N, driver or a list of weights")
+        if m.group(1) is not None and not 1 <= int(m.group(1)) <= queues:
+            v.fail(path, f"equal:{m.group(1)} needs 1..{queues} queues")
+    elif isinstance(t, list):
+        if not t or len(t) > queues:
+            v.fail(path, f"needs 1..{queues} weights")
+        for i, w in enumerate(t):
+            v.integer(f"{path}[{i}]", w, 0, 1 << 16)
+        if not any(t):
+            v.fail(path, "all weights are zero")
+    else:
+        v.fail(path, f"must be a string or a list of weights, not {type(t).__name__}")
+    return t
+
+
+def _flow_hash(v: _V, path: str, value: Any) -> dict[str, str]:
+    fh = v.mapping(path, value or {}, set(FLOWS))
+    for k, val in fh.items():
+        if val not in FLOW_FIELDS:
+            v.fail(f"{path}.{k}", f"{val!r} (valid: {', '.join(FLOW_FIELDS)})")
+    return dict(fh)
 
 
 def load_scenario(path: str | Path) -> Scenario:
@@ -337,3 +518,50 @@ def load_scenario(path: str | Path) -> Scenario:
     except yaml.YAMLError as e:
         raise UsageError(f"{p}: not valid YAML: {e}") from None
     return parse_scenario(data, str(p), p)
+
+
+def drop_pins(path: str | Path, groups: set[str]) -> list[str]:
+    """Remove the ``expect.known_divergences`` entries for GROUPS from the scenario file
+    (line-based, comments elsewhere untouched); returns the groups removed.  When no
+    entry is left, the ``known_divergences:`` key and the comment block right above it
+    go too.  The result is re-validated; nothing is written if it would not parse."""
+    p = Path(path)
+    lines = p.read_text().splitlines(keepends=True)
+    try:
+        k = next(i for i, ln in enumerate(lines) if re.match(r"^\s+known_divergences:\s*(#.*)?$", ln))
+    except StopIteration:
+        return []
+    indent = len(lines[k]) - len(lines[k].lstrip())
+    removed: list[str] = []
+    keep: list[str] = []
+    remaining = 0
+    i = k + 1
+    entry = re.compile(r"""^\s+(?:"((?:[^"\\]|\\.)*)"|'([^']*)'|([^:#]+?))\s*:\s""")
+    while i < len(lines):
+        ln = lines[i]
+        body = ln.strip()
+        if body and not body.startswith("#") and len(ln) - len(ln.lstrip()) <= indent:
+            break
+        m = entry.match(ln)
+        if m:
+            g = next(x for x in m.groups() if x is not None)
+            if g in groups:
+                removed.append(g)
+                i += 1
+                continue
+            remaining += 1
+        keep.append(ln)
+        i += 1
+    head = lines[:k + 1]
+    if remaining == 0:
+        head = lines[:k]
+        while head and head[-1].strip().startswith("#") and \
+                len(head[-1]) - len(head[-1].lstrip()) == indent:
+            head.pop()
+        keep = [ln for ln in keep if ln.strip() and not ln.strip().startswith("#")]
+    text = "".join(head + keep + lines[i:])
+    load = yaml.safe_load(text)
+    parse_scenario(load, str(p), p)
+    if removed:
+        p.write_text(text)
+    return removed

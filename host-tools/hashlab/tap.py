@@ -21,6 +21,7 @@ import os
 import socket
 import struct
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Iterable
@@ -87,6 +88,13 @@ class Tap:
             self.delete()
             raise
         return self
+
+    def recreate(self) -> "Tap":
+        """A new device (new name, new queue fds) in place of this one: a QEMU that died
+        leaves queue state (attached / detached) behind on the old fds."""
+        self.delete()
+        self.name = default_name()
+        return self.create()
 
     def _ip(self, *args: str) -> None:
         r = subprocess.run(["ip", *args], capture_output=True, text=True)
@@ -174,3 +182,63 @@ class Tap:
             return n
         finally:
             s.close()
+
+    def send_until(self, stop: threading.Event, frames: Iterable[bytes],
+                   interval: float = 0.005) -> int:
+        """Keep writing FRAMES (cycled) until STOP is set; returns how many were sent.
+
+        Background traffic (e.g. while the guest reconfigures RSS): a full transmit
+        queue is skipped over, not an error.
+        """
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+        n = 0
+        try:
+            s.bind((self.name, 0))
+            for data in itertools.cycle(list(frames)):
+                if stop.is_set():
+                    break
+                try:
+                    s.send(bytes(data))
+                    n += 1
+                except (BlockingIOError, InterruptedError):
+                    pass
+                except OSError as e:
+                    if e.errno != errno.ENOBUFS:
+                        raise TapError(f"sending filler on {self.name}: {e}") from e
+                stop.wait(interval)
+            return n
+        finally:
+            s.close()
+
+
+def _csum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def filler_frames(lengths: Iterable[int], dst_mac: str, src_mac: str = "02:68:6c:61:62:02",
+                  seed: int = 1) -> list[bytes]:
+    """IPv4/UDP frames of the given lengths, one flow each (varying ports), for
+    background traffic; frames are told apart from the corpus by their length."""
+    import random
+
+    rng = random.Random(seed)
+    dst = bytes.fromhex(dst_mac.replace(":", ""))
+    src = bytes.fromhex(src_mac.replace(":", ""))
+    out = []
+    for n in lengths:
+        if n < 14 + 20 + 8:
+            continue
+        payload = b"HLFILL".ljust(n - 42, b"\x5a")
+        udp = struct.pack("!HHHH", rng.randrange(1024, 65535), rng.randrange(1024, 65535),
+                          8 + len(payload), 0) + payload
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), rng.randrange(65536), 0, 64,
+                         17, 0, bytes([10, 99, rng.randrange(256), rng.randrange(1, 255)]),
+                         bytes([10, 98, 0, 1]))
+        ip = ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:]
+        out.append(dst + src + b"\x08\x00" + ip + udp)
+    return out

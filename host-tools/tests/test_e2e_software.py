@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from hashlab import guest, report
+from hashlab import datapath, guest, report
 from hashlab.orchestrator import run_scenario
 from hashlab.paths import SCENARIOS_DIR, versions
 from hashlab.scenario import load_scenario, parse_scenario
@@ -111,3 +111,98 @@ async def test_wrong_key_model_fails_with_diagnosis(tmp_path, private_tmp):
     diag = dict(res.checks).get("diagnosis") or ""
     assert "misaligned" in diag, res.checks
     assert os.path.exists(tmp_path / "out" / "junit.xml")
+
+
+async def test_hash_report_without_rss(tmp_path, private_tmp):
+    """rss=off, hash=on (HASH_CONFIG): hashes as the oracle says; the tap picks queues."""
+    sc = load_scenario(SCENARIOS_DIR / "software-hash-only.yaml")
+    sc.corpus.slices = ["ipv4-tcp", "ipv6-udp", "ipv6-ext", "non-ip"]
+    res = await run_and_check_cleanup(sc, tmp_path / "out", private_tmp)
+    assert res.ok, res.summary()
+    assert not res.info["guest"]["features"]["RSS"] and res.info["guest"]["features"]["HASH_REPORT"]
+    assert res.info["oracle"]["queues"] == "any"
+    # the driver's probe sends VQ_PAIRS_SET after HASH_CONFIG, which QEMU takes as "hash
+    # reporting off"; turning rxhash on commits HASH_CONFIG again
+    cmds = res.info["driver_commands"]
+    assert any("VQ_PAIRS_SET" in c for c in cmds) and "HASH_CONFIG" in cmds[-1]
+    assert res.comparison.by_report["UDPv6"]["match"] > 0
+
+
+async def test_reconfigure_under_traffic(tmp_path, private_tmp):
+    """Key/table and hash types changed between batches while filler frames flow."""
+    sc = parse_scenario({
+        "name": "reconf", "guest": {"queues": 4, "key": "ms", "table": "equal"},
+        "datapath": {"queues": 4, "behaviour": "qemu-software"},
+        "corpus": {"slices": ["ipv4-tcp", "ipv6-udp", "non-ip"]},
+        "reconfigure": {"steps": [{"key": "random:9", "table": [0, 1, 0, 2]},
+                                  {"rxhash": False}, {"rxhash": True, "flow_hash": {"tcp4": "sd"}}]},
+        "expect": {"rss_negotiated": True, "hash_report_negotiated": True}}, "reconf")
+    res = await run_and_check_cleanup(sc, tmp_path / "out", private_tmp)
+    assert res.ok, res.summary()
+    steps = res.info["reconfigure"]
+    assert [s["device_types"] for s in steps] == [
+        "ipv4,tcpv4,udpv4,ipv6,tcpv6,udpv6", "none", "ipv4,udpv4,ipv6,tcpv6,udpv6"]
+    assert all(s["filler_sent"] > 0 and s["filler_seen"] > 0 for s in steps)
+    batches = {b: [v for v in res.comparison.verdicts if v.batch == b] for b in range(4)}
+    assert all(batches[b] for b in range(4))
+    # weights 0 1 0 2 for what is hashed; the rest (non-IP) to the unclassified queue 0
+    assert {v.observed["queue"] for v in batches[1] if v.report != "NONE"} == {1, 3}
+    assert {v.observed["queue"] for v in batches[2]} == {0}  # no types: unclassified
+    assert all(v.observed["hash"] == "0x00000000" for v in batches[2])
+
+
+@pytest.mark.skipif(datapath.patched_qemu_entry() is None, reason="the patched QEMU is not built")
+async def test_patched_qemu_without_the_series_falls_back(tmp_path, private_tmp):
+    """Patched QEMU on this machine's kernel (no VNET_HASH): QEMU says why, once, and
+    hashes in software exactly like stock QEMU."""
+    sc = load_scenario(SCENARIOS_DIR / "host-patched.yaml")
+    sc.corpus.slices = ["ipv4-tcp", "ipv4-udp", "ipv6-tcp", "ipv6-ext", "non-ip"]
+    res = await run_and_check_cleanup(sc, tmp_path / "out", private_tmp)
+    assert res.ok, res.summary()
+    assert res.info["datapath"]["qemu"] == "patched" and not res.info["datapath"]["kernel_has_series"]
+    warn = [w for w in res.info["qemu_warnings"] if "hash reporting is done in software" in w]
+    assert len(warn) == 1 and "BPF_PROG_TYPE_VNET_HASH" in warn[0]
+
+
+async def test_boot_retry_gets_a_fresh_tap(tmp_path, private_tmp, monkeypatch):
+    """A boot that fails after QEMU set its queues up (here: a boot timeout) is retried on
+    a new tap.  Reusing the old queue fds makes the next QEMU abort ("could not disable
+    queue", virtio_net_set_queue_pairs) with more than one queue pair -- seen in the lab."""
+    from hashlab.machine import Machine, QemuStartError
+    from hashlab.tap import Tap
+
+    real_start, real_recreate = Machine.start, Tap.recreate
+    calls, names = [], []
+
+    async def flaky_start(self):
+        calls.append(1)
+        if len(calls) == 1:
+            self.cfg.boot_timeout = 2
+        return await real_start(self)
+
+    def recreate(self):
+        names.append(self.name)
+        real_recreate(self)
+        names.append(self.name)
+        return self
+
+    monkeypatch.setattr(Machine, "start", flaky_start)
+    monkeypatch.setattr(Tap, "recreate", recreate)
+    monkeypatch.setattr("hashlab.machine.load_factor", lambda: 1.0)
+    doc = {"name": "retry", "guest": {"queues": 4},
+           "datapath": {"queues": 4, "behaviour": "qemu-software"},
+           "corpus": {"slices": ["ipv4-udp"]}, "expect": {"rss_negotiated": True}}
+    res = await run_and_check_cleanup(parse_scenario(doc, "retry"), tmp_path / "out", private_tmp)
+    assert res.ok, res.summary()
+    assert len(calls) == 2 and len(names) == 2 and names[0] != names[1]
+    assert res.info["tap"] == names[1]
+    assert [f["attempt"] for f in res.info["boot_failures"]] == [1]
+    assert (tmp_path / "out" / "qemu.attempt1.log").exists()
+
+    # the same retry on the old tap: QEMU aborts
+    calls.clear()
+    monkeypatch.setattr(Tap, "recreate", lambda self: self)
+    with pytest.raises(QemuStartError):
+        await run_scenario(parse_scenario(doc, "retry"), tmp_path / "old", echo=lambda m: None)
+    log = (tmp_path / "old" / "qemu.log").read_text()
+    assert "could not disable queue" in log, log[-2000:]

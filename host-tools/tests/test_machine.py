@@ -112,3 +112,37 @@ async def test_agent_timeout_is_guest_hang_and_cleanup_kills(image, tmp_path, mo
         os.kill(pid, signal.SIGSTOP)
         vm.cfg.shutdown_timeout = 1
     assert_gone(pid)
+
+
+async def test_boot_retries_keep_each_failed_attempt(image, tmp_path, monkeypatch):
+    """orchestrator.boot: a boot that hangs is retried; every failure is kept and listed,
+    and the last one is raised; a boot that works after a failure is used."""
+    from hashlab.orchestrator import boot
+
+    monkeypatch.setattr("hashlab.machine.load_factor", lambda: 1.0)
+    info: dict = {}
+    msgs: list[str] = []
+    with pytest.raises(GuestHang):
+        async with boot(cfg(image, tmp_path, boot_timeout=0.5), 2, msgs.append, info):
+            pass
+    assert [f["attempt"] for f in info["boot_failures"]] == [1]
+    assert Path(info["boot_failures"][0]["log"]).name == "vm.attempt1.log"
+    assert (tmp_path / "vm.attempt1.log").exists() and (tmp_path / "vm.log").exists()
+    assert "retrying" in msgs[0]
+
+    # first attempt cannot even start (no such binary), the second boots
+    calls = []
+    real_start = Machine.start
+
+    async def flaky_start(self):
+        calls.append(1)
+        if len(calls) == 1:
+            self.cfg.qemu = str(tmp_path / "no-qemu")
+        return await real_start(self)
+
+    monkeypatch.setattr(Machine, "start", flaky_start)
+    info = {}
+    async with boot(cfg(image, tmp_path), 3, msgs.append, info) as vm:
+        assert (await vm.agent("ping")).rc == 0
+    assert len(calls) == 2 and len(info["boot_failures"]) == 1
+    assert vm.proc.returncode == 0

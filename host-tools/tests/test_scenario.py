@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import yaml
 from hashlab import guest, rss
 from hashlab.errors import UsageError
 from hashlab.paths import SCENARIOS_DIR
-from hashlab.scenario import load_scenario, parse_scenario
+from hashlab.scenario import drop_pins, load_scenario, parse_scenario
 
 BASE = {
     "name": "t",
@@ -125,7 +126,83 @@ def test_key_forms():
 def test_shipped_scenarios_are_valid(path: Path):
     sc = load_scenario(path)
     assert sc.name == path.stem
-    assert sc.expect.hash_report_negotiated is True and sc.expect.rss_negotiated is True
+    # every shipped scenario says what it expects to negotiate
+    assert sc.expect.hash_report_negotiated is True
+    assert sc.expect.rss_negotiated is sc.rss_on
+    # the lab ones run patched or stock QEMU inside the lab VM, named so
+    assert (sc.where == "lab") == path.name.startswith("lab-")
+    if sc.datapath.qemu == "patched" and sc.where == "lab":
+        assert sc.datapath.resolved_behaviour(kernel_has_series=True) == "spec"
+
+
+def test_datapath_fields():
+    sc = parse_scenario(with_("datapath", {"qemu": "patched", "vhost": "on", "where": "lab",
+                                           "queues": 2}), "s.yaml")
+    d = sc.datapath
+    assert d.vhost and d.netdev["vhost"] == "on" and d.where == "lab"
+    assert d.resolved_accel(in_lab=True) == "kvm" and d.resolved_accel(in_lab=False) == "tcg"
+    assert d.resolved_behaviour(True) == "spec" and d.resolved_behaviour(False) == "qemu-software"
+    assert sc.expect_vhost is True
+    # "host" is the old spelling of stock; YAML's bare on/off are booleans
+    assert parse_scenario(with_("datapath.qemu", "host"), "s").datapath.qemu == "stock"
+    assert parse_scenario(with_("datapath.vhost", True), "s").datapath.vhost is True
+    stock = parse_scenario(with_("datapath.qemu", "stock"), "s").datapath
+    assert stock.resolved_behaviour(True) == "qemu-software"
+    for path, value, field in [("datapath.vhost", "maybe", "datapath.vhost"),
+                               ("datapath.where", "cloud", "datapath.where"),
+                               ("datapath.accel", "hvf", "datapath.accel"),
+                               ("expect.queues", "random", "expect.queues"),
+                               ("expect.hashes", "some", "expect.hashes"),
+                               ("expect.vhost", "yes", "expect.vhost")]:
+        with pytest.raises(UsageError, match=f"field '{field}'"):
+            parse_scenario(with_(path, value), "s.yaml")
+    bad = with_("datapath", {"vhost": "on", "netdev": {"vhost": "off"}, "queues": 2})
+    with pytest.raises(UsageError, match="contradicts"):
+        parse_scenario(bad, "s.yaml")
+
+
+def test_reconfigure_steps():
+    d = with_("reconfigure", {"steps": [{"key": "random:2", "table": [1, 0]},
+                                        {"flow_hash": {"udp6": "sd"}, "rxhash": False},
+                                        {"queues": 1, "table": "equal:1"}]})
+    sc = parse_scenario(d, "s.yaml")
+    st = sc.reconfigure.steps
+    assert len(st) == 3 and sc.reconfigure.during_traffic is True
+    assert st[0].key_bytes() == parse_scenario(with_("guest.key", "random:2"), "s").guest.key_bytes()
+    assert "table [1, 0]" in st[0].describe() and "rxhash off" in st[1].describe()
+    for steps, field in [([], "reconfigure.steps"),
+                         ([{"colour": 1}], "reconfigure.steps[0].colour"),
+                         ([{"key": "driver"}], "reconfigure.steps[0].key"),
+                         ([{"table": [1, 1, 1]}], "reconfigure.steps[0].table"),
+                         ([{"queues": 3}], "reconfigure.steps[0].queues"),
+                         ([{"flow_hash": {"tcp4": "x"}}], "reconfigure.steps[0].flow_hash.tcp4")]:
+        with pytest.raises(UsageError, match=re.escape(f"field '{field}'")):
+            parse_scenario(with_("reconfigure", {"steps": steps}), "s.yaml")
+
+
+def test_drop_stale_pins(tmp_path):
+    text = (
+        "name: pins\n"
+        "corpus: {slices: [malformed]}\n"
+        "expect:\n"
+        "  rss_negotiated: true\n"
+        "  # why these are pinned\n"
+        "  known_divergences:\n"
+        '    "ipv4 IHL 4": "reason one"\n'
+        '    "ipv4 tcp data offset 4": "reason two"\n'
+        "timeouts: {boot: 100}\n")
+    p = tmp_path / "pins.yaml"
+    p.write_text(text)
+    assert drop_pins(p, {"ipv4 IHL 4"}) == ["ipv4 IHL 4"]
+    sc = load_scenario(p)
+    assert list(sc.expect.known_divergences) == ["ipv4 tcp data offset 4"]
+    assert "# why these are pinned" in p.read_text()
+    assert drop_pins(p, {"ipv4 tcp data offset 4", "not pinned"}) == ["ipv4 tcp data offset 4"]
+    left = p.read_text()
+    assert "known_divergences" not in left and "why these are pinned" not in left
+    sc = load_scenario(p)
+    assert sc.expect.known_divergences == {} and sc.timeouts["boot"] == 100
+    assert drop_pins(p, {"anything"}) == []
 
 
 def test_guest_driver_models():
@@ -142,3 +219,44 @@ def test_guest_driver_models():
     assert guest.rss_key_quirk("6.12.95", "off") == "off"
     assert guest.device_key(rss.MS_KEY, "misaligned") == b"\0" + rss.MS_KEY[:39]
     assert guest.feature_bits("0101") == {1, 3}
+
+
+def _gs(features, combined=2, rxhash=False, types=rss.LINUX_GUEST_TYPES):
+    return guest.GuestState(features=set(features), key=rss.MS_KEY, table=[0, 1] * 64,
+                            flows={}, hash_types=types, rxhash=rxhash, combined=combined)
+
+
+def test_driver_model_follows_linux_612():
+    T = rss.HashType
+    rss_feats = {guest.VIRTIO_NET_F_CTRL_VQ, guest.VIRTIO_NET_F_MQ, guest.VIRTIO_NET_F_RSS,
+                 guest.VIRTIO_NET_F_HASH_REPORT}
+    m = guest.DriverModel.at_boot(_gs(rss_feats))
+    assert m.hashing and m.device_types == rss.LINUX_GUEST_TYPES  # probe commits RSS_CONFIG
+    m.set_rxhash(True)
+    m.flow("tcp4", "sd")
+    assert m.device_types == rss.LINUX_GUEST_TYPES & ~T.TCPv4
+    m.set_rxhash(False)
+    assert m.device_types == 0  # rxhash off commits no types
+    m.flow("udp6", "sd")  # saved, in the header, but not committed while rxhash is off
+    assert m.device_types == 0 and m.saved == rss.LINUX_GUEST_TYPES & ~(T.TCPv4 | T.UDPv6)
+    m.rxfh(table=True)  # ethtool -X commits whatever the header holds
+    assert m.device_types == m.saved
+    m.channels(1)  # user table set: VQ_PAIRS_SET, which QEMU takes as "RSS off"
+    assert not m.hashing and m.device_types == 0
+    m.rxfh(table=False)
+    assert m.hashing
+
+    # hash reporting without RSS: the probe's VQ_PAIRS_SET turns hashing off again
+    h = guest.DriverModel.at_boot(_gs(rss_feats - {guest.VIRTIO_NET_F_RSS}, rxhash=False))
+    assert not h.hashing and h.device_types == 0
+    h.set_rxhash(True)
+    assert h.hashing and h.device_types == rss.LINUX_GUEST_TYPES
+    assert any("HASH_CONFIG" in c for c in h.commands)
+    # no multiqueue: no VQ_PAIRS_SET at all
+    one = guest.DriverModel.at_boot(_gs({guest.VIRTIO_NET_F_CTRL_VQ, guest.VIRTIO_NET_F_HASH_REPORT},
+                                        combined=1))
+    assert one.hashing
+    assert guest.apply_flow(int(T.IPv4), "tcp4", "sdfn") == int(T.IPv4 | T.TCPv4)
+    assert guest.parse_rss("RX flow hash indirection table for eth0 with 2 RX ring(s):\n"
+                           "Operation not supported\nRSS hash key:\n"
+                           + ":".join(f"{b:02x}" for b in rss.MS_KEY) + "\n") == (rss.MS_KEY, [])

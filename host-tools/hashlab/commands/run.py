@@ -1,34 +1,128 @@
-"""`hashlab run SCENARIO.yaml [--out DIR]`: one end-to-end scenario in a QEMU guest."""
+"""`hashlab run SCENARIO.yaml... [--out DIR]`: end-to-end scenarios in QEMU guests.
+
+Scenarios with ``datapath.where: lab`` run inside the lab VM: from the host, all of them
+share one lab VM boot (``hashlab run --here ...`` inside it); the others run here.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import sys
+from pathlib import Path
 
 
 def register(sub):
     p = sub.add_parser(
         "run",
-        help="run a scenario end to end (boot, configure, send the corpus, compare)",
+        help="run scenarios end to end (boot, configure, send the corpus, compare)",
         description="Boot the guest on a tap with the scenario's datapath, configure "
-        "virtio_net as the scenario says, send the corpus from the host, and compare every "
-        "frame's hash, hash class and queue with the oracle.  Prints a per-report-type "
-        "table and the queue distribution; writes results.json and junit.xml to "
-        "results/<scenario>/ (or --out).  Exit status 1 on any mismatch.",
+        "virtio_net as the scenario says, send the corpus, and compare every frame's hash, "
+        "hash class and queue with the oracle.  Prints a per-report-type table and the "
+        "queue distribution; writes results.json and junit.xml to results/<scenario>/ (or "
+        "--out; with several scenarios --out is their parent directory).  Scenarios with "
+        "datapath.where: lab run in one lab VM boot (the lab kernel must be built).  Exit "
+        "status 1 on any mismatch.",
     )
-    p.add_argument("scenario", help="scenario YAML file (see scenarios/)")
+    p.add_argument("scenario", nargs="+", help="scenario YAML file(s) (see scenarios/)")
     p.add_argument("--out", help="output directory (default: results/<scenario name>)")
     p.add_argument("--kernel", help="guest kernel: debian, deb:linux-image-..., lab or a "
                    "bzImage path (overrides the scenario's guest.kernel)")
+    p.add_argument("--drop-stale-pins", action="store_true",
+                   help="remove known divergences that no longer diverge (stale pins) from "
+                   "the scenario file after the run")
+    p.add_argument("--here", action="store_true",
+                   help="run every scenario here, even those meant for the lab VM")
+    p.add_argument("--lab-timeout", type=float, default=1800,
+                   help="seconds for the lab VM at idle (scaled by load; default 1800)")
+    import argparse
+
+    p.add_argument("--out-parent", help=argparse.SUPPRESS)  # OUT/<name> for each scenario
     p.set_defaults(func=_run)
 
 
+def _out_for(args, sc, many: bool) -> Path | None:
+    if args.out_parent:
+        return Path(args.out_parent) / sc.name
+    if not args.out:
+        return None
+    return Path(args.out) / sc.name if many else Path(args.out)
+
+
 def _run(args) -> int:
-    from ..orchestrator import run_scenario
+    from .. import datapath
+    from ..errors import HashlabError
     from ..scenario import load_scenario
 
-    sc = load_scenario(args.scenario)
-    res = asyncio.run(run_scenario(sc, args.out, kernel=args.kernel,
-                                   echo=lambda m: print(m, file=sys.stderr)))
+    scs = [(path, load_scenario(path)) for path in args.scenario]
+    many = len(scs) > 1
+    here_is_lab = datapath.in_lab()
+    lab_scs = [] if (args.here or here_is_lab) else [(p, s) for p, s in scs if s.where == "lab"]
+    local = [(p, s) for p, s in scs if (p, s) not in lab_scs]
+    rc = 0
+    for path, sc in local:
+        rc |= _one(args, path, sc, _out_for(args, sc, many))
+    if lab_scs:
+        echo = lambda m: print(m, file=sys.stderr, flush=True)
+        try:
+            kernels = {args.kernel or sc.guest.kernel for _, sc in lab_scs}
+            _, env = datapath.prepare_lab(kernels, {sc.corpus.seed for _, sc in lab_scs},
+                                          _prep_dir(args),
+                                          any(sc.datapath.qemu == "patched" for _, sc in lab_scs))
+        except HashlabError as e:
+            print(f"hashlab run: cannot run {', '.join(sc.name for _, sc in lab_scs)} in the "
+                  f"lab VM: {e}", file=sys.stderr)
+            return 3 if not rc else rc
+        argv = [str(Path(sys.executable).parent / "hashlab"), "run", "--here"]
+        if args.out and many:
+            argv += ["--out-parent", str(Path(args.out).resolve())]
+        elif args.out:
+            argv += ["--out", str(Path(args.out).resolve())]
+        if args.kernel:
+            argv += ["--kernel", args.kernel]
+        if args.drop_stale_pins:
+            argv.append("--drop-stale-pins")
+        argv += [str(Path(p).resolve()) for p, _ in lab_scs]
+        echo(f"hashlab run: booting the lab VM for {', '.join(sc.name for _, sc in lab_scs)}")
+        res = datapath.run_in_lab(argv, env, args.lab_timeout, echo)
+        echo(f"hashlab run: lab VM done in {res.seconds:.0f}s, status {res.status}; "
+             f"console log: {res.log}")
+        rc |= res.status
+    return rc
+
+
+def _prep_dir(args) -> Path:
+    from ..paths import results_root
+
+    return Path(args.out).resolve() if args.out else results_root()
+
+
+def _one(args, path, sc, out) -> int:
+    from .. import report
+    from ..errors import HashlabError
+    from ..orchestrator import run_scenario
+    from ..scenario import drop_pins
+
+    try:
+        res = asyncio.run(run_scenario(sc, out, kernel=args.kernel,
+                                       echo=lambda m: print(m, file=sys.stderr, flush=True)))
+    except HashlabError as e:
+        print(f"hashlab: {sc.name}: error: {e}", file=sys.stderr)
+        return e.exit_status
     print(res.summary())
+    stale = {report.desc_group(v.desc) for v in (res.comparison.verdicts if res.comparison else [])
+             if v.status == report.STALE_PIN}
+    if stale and args.drop_stale_pins:
+        removed = drop_pins(path, stale)
+        print(f"dropped {len(removed)} stale pin(s) from {path}: {', '.join(removed)}")
+        return 0 if res.ok or _only_stale(res) else 1
+    if stale:
+        print(f"{len(stale)} stale pin(s): those divergences are gone (modelled or fixed); "
+              f"remove them with `hashlab run {path} --drop-stale-pins`")
     return 0 if res.ok else 1
+
+
+def _only_stale(res) -> bool:
+    from .. import report
+
+    return all(f is None for _, f in res.checks) and \
+        all(v.status == report.STALE_PIN for v in res.comparison.failures)

@@ -1,0 +1,81 @@
+"""`hashlab compare`: every datapath, one corpus, one table (see hashlab.compare)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def register(sub):
+    from ..compare import DEFAULT_BASE, ROWS
+
+    rows_help = "; ".join(f"{r.id}: {r.datapath}" for r in ROWS)
+    p = sub.add_parser(
+        "compare",
+        help="run the base scenario on every datapath and print one comparison table",
+        description="Run the base scenario (default scenarios/software-rss.yaml) on each "
+        "datapath row: stock and patched QEMU, vhost on and off, on this machine's kernel "
+        "(host rows, TCG) and in the lab VM (lab rows, KVM, the patched kernel; all lab "
+        "rows share one lab VM boot).  Every frame is judged against the spec for the "
+        "table, and against the row's own model for its verdict.  Rows that cannot run say "
+        "why.  Writes OUT/compare.json, OUT/report.md and OUT/report.html (per-queue "
+        "distribution plots) and each row's results under OUT/<row>/.  Exit status 1 when a "
+        f"row that ran did not behave as expected.  Rows: {rows_help}.",
+    )
+    p.add_argument("--rows", default="all",
+                   help="all (default), host, lab, or a comma-separated list of row ids")
+    p.add_argument("--out", help="output directory (default: results/compare)")
+    p.add_argument("--json", help="write the rows here too (default: OUT/compare.json)")
+    p.add_argument("--base", default=str(DEFAULT_BASE), help="base scenario YAML")
+    p.add_argument("--guest-kernel", default=None,
+                   help="guest kernel of the lab rows (debian, lab, ...; default: the base "
+                   "scenario's)")
+    p.add_argument("--no-lab", action="store_true", help="do not boot the lab VM")
+    p.add_argument("--lab-timeout", type=float, default=2400,
+                   help="seconds for the lab VM at idle (scaled by load; default 2400)")
+    p.add_argument("--no-report", action="store_true", help="no report.md / report.html")
+    p.add_argument("--quiet-table", action="store_true", help=argparse_suppress())
+    p.set_defaults(func=_run)
+
+
+def argparse_suppress():
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+def _run(args) -> int:
+    from .. import compare as C
+    from ..paths import results_root
+
+    rows = C.parse_rows(args.rows)
+    out = Path(args.out) if args.out else results_root() / "compare"
+    echo = lambda m: print(m, file=sys.stderr, flush=True)
+    json_path = Path(args.json) if args.json else out / "compare.json"
+    results, meta = C.compare(rows, out, Path(args.base), args.guest_kernel,
+                              lab_timeout=args.lab_timeout, echo=echo,
+                              run_lab=not args.no_lab, json_path=json_path)
+    doc = C.rows_to_json(results, meta)
+    text = json.dumps(doc, indent=1, default=str) + "\n"
+    out.mkdir(parents=True, exist_ok=True)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(text)
+    if not args.quiet_table:
+        print(C.render_table(results))
+        print()
+        print(C.render_types(results))
+        notes = C.render_notes(results)
+        if notes:
+            print()
+            print(notes)
+        t = meta["timings"]
+        print()
+        print("wall time: " + ", ".join(f"{k} {v:.0f}s" for k, v in t.items()))
+        if not args.no_report:
+            from ..htmlreport import write_reports
+
+            paths = write_reports(results, meta, out)
+            print("report: " + ", ".join(str(p) for p in paths) + f"; JSON: {json_path}")
+    bad = [r for r in results if r.status == C.ERROR or (r.status == C.RAN and not r.ok)]
+    return 1 if bad else 0

@@ -1,0 +1,557 @@
+"""The comparison: the same guest, corpus and configuration on every datapath, one table.
+
+Rows (``ROWS``) name a datapath: which QEMU (Debian's stock build or ours), vhost on or
+off, and where it runs (``host``: this machine's kernel, which lacks the series, under
+TCG; ``lab``: inside the lab VM, on the lab kernel with the series, under KVM).  Each row
+runs the base scenario (default ``scenarios/software-rss.yaml``: 2 queue pairs, Microsoft
+key, equal table, the whole corpus) with its datapath, and is judged twice from the
+same observations:
+
+* against the **spec** (``hashlab.rss`` behaviour "spec"), for the table: how many of
+  the frames the guest saw carried the right hash value and type class, and arrived on
+  the right queue;
+* against **the row's own model** (what that datapath is known to do: QEMU's software
+  path with its pinned quirks, the spec for our eBPF program, "no hashes at all" for
+  the mismatched pairing), for the verdict: PASS means the datapath behaved exactly as
+  expected.
+
+A row that cannot run says why ("not built: ...", "not supported: ..."); it is never
+silently missing.  ``run_rows`` runs rows here; ``compare`` (the ``hashlab compare``
+command) runs the host rows here and all lab rows in one lab VM boot, and merges both
+into one table and one JSON document.  Rendering and merging are pure functions over
+``RowResult`` (tests/test_compare_matrix.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import json
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from . import datapath, report, rss
+from .errors import HashlabError, MissingToolError, UsageError
+from .paths import REPO, SCENARIOS_DIR
+
+DEFAULT_BASE = SCENARIOS_DIR / "software-rss.yaml"
+
+# Row status
+RAN = "ran"
+NOT_BUILT = "not built"
+NOT_SUPPORTED = "not supported"
+ERROR = "error"
+
+
+@dataclass(frozen=True)
+class Row:
+    id: str
+    datapath: str  # what moves the packets, for the table
+    qemu: str  # stock | patched
+    vhost: bool
+    where: str  # host | lab
+    kernel: str  # for the table when the row does not run
+    model: str  # the row's own expectation, in words
+    behaviour: str = "auto"  # oracle model for the verdict
+    expect: dict = field(default_factory=dict)  # scenario `expect` overrides
+    keep_pins: bool = False  # the base scenario's known divergences apply (qemu-software)
+    needs_unpatched_lab_kernel: bool = False
+
+
+ROWS: tuple[Row, ...] = (
+    Row("host-stock", "QEMU userspace RSS + hash (tap, vhost=off)", "stock", False, "host",
+        "host (no series)", "QEMU software model", "qemu-software",
+        {"rss_negotiated": True, "hash_report_negotiated": True}, keep_pins=True),
+    Row("host-patched", "patched QEMU, kernel without the series (tap, vhost=off)", "patched",
+        False, "host", "host (no series)",
+        "software fallback, as upstream", "qemu-software",
+        {"rss_negotiated": True, "hash_report_negotiated": True}, keep_pins=True),
+    Row("lab-stock-vhost", "stock QEMU + patched vhost_net (vhost=on)", "stock", True, "lab",
+        "lab (series)",
+        "no hash, no steering",
+        "qemu-software",
+        {"rss_negotiated": True, "hash_report_negotiated": True, "hashes": "none",
+         "queues": "any"}),
+    Row("lab-patched", "patched QEMU, eBPF hash via tap (vhost=off)", "patched", False, "lab",
+        "lab (series)", "spec", "spec",
+        {"rss_negotiated": True, "hash_report_negotiated": True}),
+    Row("lab-patched-vhost", "patched QEMU, eBPF hash via vhost_net (vhost=on)", "patched",
+        True, "lab", "lab (series)", "spec", "spec",
+        {"rss_negotiated": True, "hash_report_negotiated": True}),
+    Row("lab-stock-vhost-stock-kernel", "stock QEMU + stock vhost_net (vhost=on)", "stock",
+        True, "lab", "lab without the series",
+        "upstream: no HASH_REPORT", "qemu-software",
+        {"rss_negotiated": True, "hash_report_negotiated": False},
+        needs_unpatched_lab_kernel=True),
+)
+ROW_IDS = tuple(r.id for r in ROWS)
+ROWS_BY_ID = {r.id: r for r in ROWS}
+UNPATCHED_LAB_REASON = ("needs a lab kernel without the series; by hand (reference §6): "
+                        "RSS negotiated, HASH_REPORT not offered")
+
+
+def parse_rows(text: str | None) -> list[Row]:
+    """'all', 'host', 'lab' or a comma-separated list of row ids (in table order)."""
+    if not text or text == "all":
+        return list(ROWS)
+    if text in ("host", "lab"):
+        return [r for r in ROWS if r.where == text]
+    want = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in want if t not in ROWS_BY_ID]
+    if bad:
+        raise UsageError(f"unknown comparison row {bad[0]!r} (rows: {', '.join(ROW_IDS)})")
+    return [r for r in ROWS if r.id in want]
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class RowResult:
+    id: str
+    datapath: str
+    status: str  # ran | not built | not supported | error
+    reason: str = ""
+    qemu: str = ""  # "stock 10.0.2"
+    kernel: str = ""  # "host 6.18.44 (no series)"
+    where: str = ""
+    vhost: bool = False
+    model: str = ""
+    hash_report_offered: bool | None = None  # QEMU offers it to the guest
+    hash_report_negotiated: bool | None = None
+    rss_negotiated: bool | None = None
+    vhost_running: bool | None = None
+    spec: dict = field(default_factory=dict)  # judged against the spec
+    own: dict = field(default_factory=dict)  # judged against the row's model
+    ok: bool | None = None  # the row behaved as its model says
+    seconds: float = 0.0
+    results_dir: str = ""
+    qemu_warnings: list[str] = field(default_factory=list)
+    checks: list[dict] = field(default_factory=list)
+    retries: list[str] = field(default_factory=list)  # VM failures retried (nested KVM)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "RowResult":
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def judge(cmp: report.Comparison) -> dict:
+    """Counts for the table from a comparison (hash = value and class; queue)."""
+    seen = [v for v in cmp.verdicts if v.observed is not None]
+    hashed = [v for v in seen if v.report != "NONE"]
+    qchecked = [v for v in seen if v.expected.get("queue") is not None]
+    counts = cmp.counts()
+    by_type: dict[str, dict[str, int]] = {}
+    for v in seen:
+        t = by_type.setdefault(v.report, {"seen": 0, "hash_right": 0, "queue_checked": 0,
+                                          "queue_right": 0})
+        t["seen"] += 1
+        t["hash_right"] += "hash" not in v.fields and "class" not in v.fields
+        if v.expected.get("queue") is not None:
+            t["queue_checked"] += 1
+            t["queue_right"] += "queue" not in v.fields
+    return {
+        "sent": counts["sent"], "seen": len(seen),
+        "hash_right": sum(1 for v in seen if "hash" not in v.fields and "class" not in v.fields),
+        "hashed_expected": len(hashed),
+        "hashed_right": sum(1 for v in hashed if "hash" not in v.fields and "class" not in v.fields),
+        "queue_checked": len(qchecked),
+        "queue_right": sum(1 for v in qchecked if "queue" not in v.fields),
+        "match": counts["match"], "known": counts["known_divergence"],
+        "mismatch": counts["mismatch"], "missing": counts["missing"],
+        "stale_pin": counts["stale_pin"], "check_hash": cmp.check_hash,
+        "by_report": cmp.by_report,
+        "by_type": by_type,
+        "queues": {str(k): v for k, v in cmp.queues.items()},
+    }
+
+
+def spec_comparison(res) -> report.Comparison:
+    """The run's observations judged against the spec (orchestrator.RunResult)."""
+    parts = []
+    for b in res.batches:
+        o = b.oracle
+        spec = rss.RssConfig(key=o.key, hash_types=o.hash_types, table=o.table,
+                             unclassified_queue=o.unclassified_queue, behaviour="spec")
+        qm = "table" if res.info.get("guest", {}).get("features", {}).get("RSS") else b.queue_model
+        parts.append((b.sent(oracle=spec, queue_model=qm), b.observed, b.hash_report))
+    return report.compare_batches(parts)
+
+
+def row_result_from_run(row: Row, res, seconds: float) -> RowResult:
+    info = res.info
+    dp = info.get("datapath", {})
+    q = info.get("qemu", {}).get("features", {})
+    vh = info.get("vhost", {})
+    spec = spec_comparison(res) if res.batches else None
+    return RowResult(
+        id=row.id, datapath=row.datapath, status=RAN,
+        qemu=f"{dp.get('qemu', row.qemu)} {dp.get('qemu_version', '?')}",
+        kernel=f"{'lab' if dp.get('where') == 'lab' else 'host'} "
+               f"{dp.get('host_kernel', '?')} "
+               f"({'series' if dp.get('kernel_has_series') else 'no series'})",
+        where=dp.get("where", row.where), vhost=row.vhost, model=row.model,
+        hash_report_offered=q.get("host-features", {}).get("HASH_REPORT"),
+        hash_report_negotiated=q.get("guest-features", {}).get("HASH_REPORT"),
+        rss_negotiated=q.get("guest-features", {}).get("RSS"),
+        vhost_running=bool(vh.get("started") and vh.get("vhost_dev") and vh.get("fds")),
+        spec=judge(spec) if spec else {},
+        own={**(judge(res.comparison) if res.comparison else {}),
+             "behaviour": info.get("oracle", {}).get("behaviour"),
+             "hashes": info.get("oracle", {}).get("hashes"),
+             "queue_model": info.get("oracle", {}).get("queues")},
+        ok=res.ok, seconds=round(seconds, 1), results_dir=str(res.out_dir),
+        qemu_warnings=info.get("qemu_warnings", []),
+        checks=[{"name": n, "ok": f is None, "failure": f} for n, f in res.checks],
+        retries=[f"boot attempt {b['attempt']}: {b['error']}" for b in info.get("boot_failures", [])]
+        + [f"run {b['attempt']}: {b['error']}" for b in info.get("retried_after", [])])
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+def load_base(path: str | Path | None = None) -> dict:
+    p = Path(path or DEFAULT_BASE)
+    if not p.is_file():
+        raise UsageError(f"base scenario {p} not found")
+    return yaml.safe_load(p.read_text())
+
+
+def row_scenario_doc(row: Row, base: dict, guest_kernel: str | None = None) -> dict:
+    """The base scenario with the row's datapath and expectations."""
+    doc = copy.deepcopy(base)
+    doc["name"] = f"compare-{row.id}"
+    doc["description"] = f"{row.datapath}; base: {base.get('name')}"
+    dp = dict(doc.get("datapath") or {})
+    dp.pop("netdev", None)
+    dp.update({"qemu": row.qemu, "vhost": "on" if row.vhost else "off", "where": row.where,
+               "behaviour": row.behaviour})
+    doc["datapath"] = dp
+    g = dict(doc.get("guest") or {})
+    if guest_kernel and row.where == "lab":
+        g["kernel"] = guest_kernel
+    doc["guest"] = g
+    ex = dict(doc.get("expect") or {})
+    if not row.keep_pins:
+        ex.pop("known_divergences", None)
+    ex.update(row.expect)
+    doc["expect"] = ex
+    return doc
+
+
+def row_scenario(row: Row, base: dict, guest_kernel: str | None = None):
+    from .scenario import parse_scenario
+
+    return parse_scenario(row_scenario_doc(row, base, guest_kernel), f"<row {row.id}>")
+
+
+def availability(row: Row, here_is_lab: bool) -> tuple[str, str] | None:
+    """(status, reason) when ROW cannot run from here, else None."""
+    if row.needs_unpatched_lab_kernel:
+        return NOT_BUILT, UNPATCHED_LAB_REASON
+    if row.qemu == "patched":
+        try:
+            datapath.patched_qemu()
+        except MissingToolError:
+            return NOT_BUILT, "the patched QEMU is not built (scripts/build-qemu)"
+    if row.where == "lab" and not here_is_lab:
+        if datapath.lab_kernel_path() is None:
+            return NOT_BUILT, "the lab kernel is not built (scripts/build-kernel)"
+    if row.where == "lab" and here_is_lab and not datapath.kernel_has_series():
+        return NOT_SUPPORTED, "this kernel has no BPF_PROG_TYPE_VNET_HASH (not the lab kernel)"
+    if row.where == "host" and here_is_lab:
+        return NOT_SUPPORTED, "a host row: it runs on the host kernel, not in the lab VM"
+    if row.where == "lab" and here_is_lab and not datapath.kvm_usable():
+        return NOT_SUPPORTED, "/dev/kvm is not usable in this lab VM"
+    return None
+
+
+def placeholder(row: Row, status: str, reason: str) -> RowResult:
+    return RowResult(id=row.id, datapath=row.datapath, status=status, reason=reason,
+                     qemu=datapath.qemu_label(row.qemu) if row.qemu == "stock" else
+                     ("patched" if status == NOT_BUILT and "QEMU" in reason
+                      else datapath.qemu_label(row.qemu)),
+                     kernel=row.kernel, where=row.where, vhost=row.vhost, model=row.model)
+
+
+async def run_row(row: Row, base: dict, out: Path, guest_kernel: str | None,
+                  echo: Callable[[str], None]) -> RowResult:
+    from .orchestrator import run_scenario
+
+    sc = row_scenario(row, base, guest_kernel)
+    t0 = time.monotonic()
+    try:
+        res = await run_scenario(sc, out / row.id, echo=echo)
+    except MissingToolError as e:
+        return placeholder(row, NOT_BUILT, str(e))
+    except (HashlabError, OSError) as e:
+        r = placeholder(row, ERROR, f"{type(e).__name__}: {str(e).splitlines()[0]}")
+        r.seconds = round(time.monotonic() - t0, 1)
+        r.results_dir = str(out / row.id)
+        r.ok = False
+        return r
+    return row_result_from_run(row, res, time.monotonic() - t0)
+
+
+def run_rows(rows: list[Row], out: Path, base: dict, guest_kernel: str | None = None,
+             echo: Callable[[str], None] = print,
+             progress: Callable[[list[RowResult]], None] | None = None) -> list[RowResult]:
+    """Run ROWS here, one after the other; rows that cannot run get a placeholder.
+    PROGRESS (if given) gets the results so far after every row."""
+    here_lab = datapath.in_lab()
+    results = []
+    for i, row in enumerate(rows, 1):
+        why = availability(row, here_lab)
+        if why:
+            echo(f"hashlab compare: [{i}/{len(rows)}] {row.id}: {why[0]}: {why[1]}")
+            results.append(placeholder(row, *why))
+        else:
+            echo(f"hashlab compare: [{i}/{len(rows)}] {row.id}: {row.datapath}")
+            r = asyncio.run(run_row(row, base, out, guest_kernel, echo))
+            echo(f"hashlab compare: [{i}/{len(rows)}] {row.id}: {verdict(r)} ({r.seconds:.0f}s)")
+            results.append(r)
+        if progress:
+            progress(results)
+    return results
+
+
+# --------------------------------------------------------------------------- merging
+
+
+def merge(order: list[Row], *parts: list[RowResult]) -> list[RowResult]:
+    """One list in ORDER from several partial runs; a later part wins; a row that no
+    part has becomes an 'error' row saying so (never silently missing)."""
+    by_id: dict[str, RowResult] = {}
+    for part in parts:
+        for r in part:
+            by_id[r.id] = r
+    out = []
+    for row in order:
+        out.append(by_id.get(row.id) or placeholder(
+            row, ERROR, "no result (the run that should have produced it did not report it)"))
+    return out
+
+
+def rows_to_json(rows: list[RowResult], meta: dict | None = None) -> dict:
+    return {"hashlab_compare": 1, "meta": meta or {}, "rows": [r.to_json() for r in rows]}
+
+
+def rows_from_json(doc: dict) -> list[RowResult]:
+    if doc.get("hashlab_compare") != 1:
+        raise UsageError("not a hashlab compare JSON document")
+    return [RowResult.from_json(r) for r in doc["rows"]]
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _frac(n: int | None, m: int | None) -> str:
+    if n is None or not m:
+        return "—"
+    return f"{n}/{m} ({100 * n / m:.0f}%)" if n != m else f"{n}/{m}"
+
+
+def offered_cell(r: RowResult) -> str:
+    if r.status != RAN:
+        return "—"
+    if not r.hash_report_offered:
+        return "no"
+    return "yes, negotiated" if r.hash_report_negotiated else "yes, not negotiated"
+
+
+def hashes_cell(r: RowResult) -> str:
+    if r.status != RAN or not r.spec:
+        return "—"
+    if not r.spec.get("check_hash"):
+        return "n/a (guest gets no hashes)" if not r.hash_report_negotiated else "n/a (rxhash off)"
+    return _frac(r.spec["hash_right"], r.spec["seen"])
+
+
+def queues_cell(r: RowResult) -> str:
+    if r.status != RAN or not r.spec:
+        return "—"
+    if not r.spec.get("queue_checked"):
+        return "n/a (no RSS)"
+    return _frac(r.spec["queue_right"], r.spec["queue_checked"])
+
+
+def verdict(r: RowResult) -> str:
+    if r.status != RAN:
+        return f"{r.status}: {r.reason}"
+    fails = [c["name"] for c in r.checks if not c["ok"]]
+    own = r.own or {}
+    if r.ok:
+        extra = f", {own['known']} pinned" if own.get("known") else ""
+        return f"PASS (= {r.model}{extra})"
+    bits = []
+    if own.get("mismatch"):
+        bits.append(f"{own['mismatch']} mismatches vs {own.get('behaviour')}")
+    if own.get("missing"):
+        bits.append(f"{own['missing']} missing")
+    if own.get("stale_pin"):
+        bits.append(f"{own['stale_pin']} stale pins")
+    if fails:
+        bits.append("failed checks: " + ", ".join(fails))
+    return "FAIL: " + ("; ".join(bits) or "see " + r.results_dir)
+
+
+TABLE_COLUMNS = ["datapath", "QEMU", "kernel", "hash report offered", "hashes right",
+                 "queues right", "verdict", "time"]
+
+
+def table_rows(rows: list[RowResult]) -> list[list[str]]:
+    return [[r.datapath, r.qemu or "—", r.kernel or "—", offered_cell(r), hashes_cell(r),
+             queues_cell(r), verdict(r), f"{r.seconds:.0f}s" if r.seconds else "—"]
+            for r in rows]
+
+
+def render_table(rows: list[RowResult]) -> str:
+    """A Markdown table (readable as plain text too)."""
+    body = table_rows(rows)
+    widths = [max(len(c), *(len(b[i]) for b in body)) for i, c in enumerate(TABLE_COLUMNS)]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+    out = [line(TABLE_COLUMNS), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += [line(b) for b in body]
+    return "\n".join(out)
+
+
+REPORT_ORDER = [r.name for r in rss.Report]
+
+
+def render_types(rows: list[RowResult]) -> str:
+    """Per report type (the spec's), per row that ran: hashes right / frames seen."""
+    ran = [r for r in rows if r.status == RAN and r.spec.get("by_type")]
+    if not ran:
+        return "(no row ran)"
+    types = [t for t in REPORT_ORDER if any(t in r.spec["by_type"] for r in ran)]
+    head = ["hashes right, by type"] + [r.id for r in ran]
+    body = []
+    for t in types:
+        cells = [t]
+        for r in ran:
+            b = r.spec["by_type"].get(t)
+            cells.append("—" if not b else f"{b['hash_right']}/{b['seen']}")
+        body.append(cells)
+    cells = ["(queues right)"]
+    for r in ran:
+        s = r.spec
+        cells.append(f"{s['queue_right']}/{s['queue_checked']}" if s.get("queue_checked") else "—")
+    body.append(cells)
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
+    fmt = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w)
+                                  for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([fmt(head)] + [fmt(b) for b in body])
+
+
+def render_notes(rows: list[RowResult]) -> str:
+    out = []
+    for r in rows:
+        if r.status == RAN:
+            for w in r.qemu_warnings:
+                out.append(f"{r.id}: QEMU: {w}")
+            if r.vhost and not r.vhost_running:
+                out.append(f"{r.id}: vhost=on but vhost_net is NOT running")
+            for t in r.retries:
+                out.append(f"{r.id}: retried after a VM failure ({t[:150]})")
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def lab_argv(rows: list[Row], json_out: Path, out: Path, base: Path,
+             guest_kernel: str | None) -> list[str]:
+    argv = [str(REPO / ".venv" / "bin" / "hashlab"), "compare", "--rows",
+            ",".join(r.id for r in rows), "--json", str(json_out), "--out", str(out),
+            "--base", str(base), "--quiet-table"]
+    if guest_kernel:
+        argv += ["--guest-kernel", guest_kernel]
+    return argv
+
+
+def compare(rows: list[Row], out: Path, base_path: Path, guest_kernel: str | None = None,
+            lab_timeout: float = 2400, echo: Callable[[str], None] = print,
+            run_lab: bool = True, json_path: Path | None = None) -> tuple[list[RowResult], dict]:
+    """Run ROWS: those for here directly, lab rows in one lab VM boot; merged, in order.
+
+    With JSON_PATH the rows run here are written there after each one (so a lab VM that
+    runs out of time still reports the rows it finished)."""
+    base = load_base(base_path)
+    out.mkdir(parents=True, exist_ok=True)
+    here_lab = datapath.in_lab()
+    timings: dict[str, float] = {}
+    local = [r for r in rows if here_lab or r.where == "host"]
+    lab_rows = [] if here_lab else [r for r in rows if r.where == "lab"]
+    t0 = time.monotonic()
+    def progress(done: list[RowResult]) -> None:
+        if json_path is not None:
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = json_path.with_suffix(".partial")
+            tmp.write_text(json.dumps(rows_to_json(done, {"partial": True}), indent=1,
+                                      default=str) + "\n")
+            tmp.rename(json_path)
+
+    results_local = run_rows(local, out, base, guest_kernel, echo, progress)
+    timings["here"] = round(time.monotonic() - t0, 1)
+
+    results_lab: list[RowResult] = []
+    runnable = []
+    for r in lab_rows:
+        why = availability(r, False)
+        if why:
+            echo(f"hashlab compare: {r.id}: {why[0]}: {why[1]}")
+            results_lab.append(placeholder(r, *why))
+        else:
+            runnable.append(r)
+    if runnable and not run_lab:
+        results_lab += [placeholder(r, NOT_SUPPORTED, "lab rows skipped (--no-lab)")
+                        for r in runnable]
+    elif runnable:
+        t1 = time.monotonic()
+        json_out = out / "lab-rows.json"
+        json_out.unlink(missing_ok=True)
+        try:
+            scs = [row_scenario(r, base, guest_kernel) for r in runnable]
+            _, env = datapath.prepare_lab({sc.guest.kernel for sc in scs},
+                                          {sc.corpus.seed for sc in scs}, out,
+                                          any(r.qemu == "patched" for r in runnable))
+        except HashlabError as e:
+            results_lab += [placeholder(r, NOT_BUILT, f"preparing the lab run: {e}")
+                            for r in runnable]
+            runnable = []
+        if runnable:
+            argv = lab_argv(runnable, json_out, out, base_path, guest_kernel)
+            echo(f"hashlab compare: booting the lab VM for {len(runnable)} row(s): "
+                 f"{', '.join(r.id for r in runnable)}")
+            try:
+                res = datapath.run_in_lab(argv, env, lab_timeout, echo)
+                status = f"lab VM done in {res.seconds:.0f}s, status {res.status}"
+            except HashlabError as e:
+                status = f"lab VM failed: {str(e).splitlines()[0]}"
+            echo(f"hashlab compare: {status}")
+            timings["lab"] = round(time.monotonic() - t1, 1)
+            got = []
+            if json_out.is_file():
+                with contextlib.suppress(ValueError, UsageError):
+                    got = rows_from_json(json.loads(json_out.read_text()))
+            have = {r.id for r in got}
+            results_lab += got + [placeholder(r, ERROR, f"no result from the lab VM ({status})")
+                                  for r in runnable if r.id not in have]
+    merged = merge(rows, results_local, results_lab)
+    timings["total"] = round(time.monotonic() - t0, 1)
+    meta = {"base": str(base_path), "guest_kernel": guest_kernel,
+            "host_kernel": datapath.kernel_release(), "in_lab": here_lab,
+            "timings": timings, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "argv": shlex.join(sys.argv)}
+    return merged, meta

@@ -1,0 +1,221 @@
+"""What a datapath needs and whether this machine has it: QEMU builds, lab kernel, KVM.
+
+Rows of the comparison and scenarios name their datapath abstractly (``qemu: patched``,
+``where: lab``, ``vhost: on``); this module turns that into binaries and says, in one
+line, why something cannot run ("not built: ...", "not supported: ...").  Nothing here
+ever starts a build.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import pickle
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from .errors import MissingToolError
+from .machine import HOST_QEMU
+from .paths import REPO, cache_root
+
+# Set by lab.run() for every command in the lab VM (and by scripts/test lab).
+LAB_ENV = ("HASHLAB_LAB_KERNEL", "HASHLAB_IN_LAB")
+PATCHED_QEMU_ENV = "HASHLAB_PATCHED_QEMU"  # override: a qemu-system-x86_64 to use as "patched"
+PREP_ENV = "HASHLAB_LAB_PREP"  # JSON the host wrote for the lab VM (see prepare_lab)
+LAB_CPUS = 2  # vCPUs of the lab VM for hashlab's own runs (HASHLAB_LAB_CPUS overrides)
+
+
+def in_lab() -> bool:
+    """True inside the lab VM (lab.run sets HASHLAB_LAB_KERNEL for the command)."""
+    return any(os.environ.get(k) for k in LAB_ENV)
+
+
+def patched_qemu_entry() -> Path | None:
+    """The cache entry of the patched QEMU for the current inputs, if it is built."""
+    try:
+        from .build import qemu as qb
+    except ImportError:
+        return None
+    for mode in ("auto", "kernel", "system"):
+        try:
+            e = qb.find_qemu_entry(mode)
+        except Exception:  # a half-written source tree must not break scenario runs
+            e = None
+        if e is not None and (Path(e) / "bin" / "qemu-system-x86_64").is_file():
+            return Path(e)
+    return None
+
+
+def patched_qemu() -> Path:
+    """The patched qemu-system-x86_64; MissingToolError("not built ...") when absent."""
+    env = os.environ.get(PATCHED_QEMU_ENV)
+    if env:
+        if not Path(env).is_file():
+            raise MissingToolError(f"{PATCHED_QEMU_ENV}={env} does not exist")
+        return Path(env)
+    e = patched_qemu_entry()
+    if e is None:
+        raise MissingToolError("the patched QEMU is not built: run scripts/build-qemu "
+                               "(= hashlab build qemu)")
+    return e / "bin" / "qemu-system-x86_64"
+
+
+def lab_kernel_path() -> Path | None:
+    """The cached lab kernel's bzImage, if built (inside the lab: the running one)."""
+    env = os.environ.get("HASHLAB_LAB_KERNEL")
+    if env and Path(env).is_file():
+        return Path(env)
+    try:
+        from .build import kernel as kb
+
+        e = kb.entry()
+    except Exception:
+        return None
+    if e.done and (e.path / "bzImage").is_file():
+        return e.path / "bzImage"
+    return None
+
+
+def prep() -> dict:
+    """What the host prepared for this lab VM run ({} elsewhere)."""
+    p = os.environ.get(PREP_ENV)
+    if not p:
+        return {}
+    try:
+        return json.loads(Path(p).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+@functools.lru_cache(maxsize=None)
+def qemu_version(binary: str | Path) -> str:
+    known = prep().get("qemu_versions", {}).get(str(binary))
+    if known:
+        return known
+    try:
+        out = subprocess.run([str(binary), "--version"], capture_output=True, text=True,
+                             timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    m = re.search(r"version (\S+)", out)
+    return m.group(1) if m else "?"
+
+
+def kernel_has_series() -> bool:
+    """Does the running kernel load BPF_PROG_TYPE_VNET_HASH programs (the RFC series)?"""
+    from . import linux as L
+
+    a = L.Asm()
+    a.mov64(0, 0).exit()
+    try:
+        fd = L.prog_load(L.BPF_PROG_TYPE_VNET_HASH, a.code(), "hl_probe")
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+def kernel_release() -> str:
+    return os.uname().release
+
+
+def kvm_usable() -> bool:
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+def qemu_label(kind: str) -> str:
+    """'stock 10.0.2' / 'patched 10.0.13' for tables."""
+    if kind == "stock":
+        return f"stock {qemu_version(HOST_QEMU)}"
+    if kind == "patched":
+        try:
+            return f"patched {qemu_version(patched_qemu())}"
+        except MissingToolError:
+            return "patched (not built)"
+    return kind
+
+
+# --------------------------------------------------------------------------- the lab VM
+#
+# Python under TCG is slow (imports ~10 s, the corpus ~30 s, hashing a guest image's
+# inputs over 9p ~20 s): the host prepares what it can (guest images, QEMU versions, the
+# corpus, in the build cache, which lab.run mounts) and the lab VM gets a JSON naming
+# what was prepared.
+
+
+def corpus(seed: int):
+    """``packets.corpus(seed)``, cached on disk (keyed by the corpus and oracle sources)."""
+    from . import packets
+
+    src = Path(packets.__file__).read_bytes()
+    lock = REPO / "requirements.lock"  # pins scapy, which builds the frames
+    src += lock.read_bytes() if lock.is_file() else b""
+    key = hashlib.sha256(src + f"|{seed}|{sys.version_info[:2]}".encode()).hexdigest()[:20]
+    path = cache_root() / "corpus" / f"{key}.pickle"
+    try:
+        with open(path, "rb") as f:
+            c = pickle.load(f)
+        if isinstance(c, packets.Corpus):
+            return c
+    except (OSError, pickle.PickleError, EOFError, AttributeError, ImportError):
+        pass
+    c = packets.corpus(seed)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            pickle.dump(c, f)
+        tmp.rename(path)
+    except OSError:
+        pass
+    return c
+
+
+def prepare_lab(guest_kernels: set[str], seeds: set[int], out: Path,
+                need_patched: bool) -> tuple[Path, dict[str, str]]:
+    """Build (cached) what lab runs need and write the prep JSON; returns its path and
+    the environment for lab.run.  Raises MissingToolError for what is not built."""
+    from .build.guest import build_guest
+
+    images = {}
+    for k in sorted(guest_kernels):
+        images[k] = str(build_guest(k).kernel.parent)
+    for seed in seeds:
+        corpus(seed)
+    versions = {HOST_QEMU: qemu_version(HOST_QEMU)}
+    env = {"HASHLAB_IN_LAB": "1"}
+    if need_patched:
+        pq = patched_qemu()
+        versions[str(pq)] = qemu_version(pq)
+        env[PATCHED_QEMU_ENV] = str(pq)
+    doc = {"guest_images": images, "qemu_versions": versions}
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "lab-prep.json"
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    env[PREP_ENV] = str(path)
+    return path, env
+
+
+def run_in_lab(argv: list[str], env: dict[str, str], timeout: float, echo=print):
+    """Run ARGV in one lab VM boot with the build cache visible; returns lab.LabResult.
+
+    Never builds the kernel: a lab kernel that is not built is a MissingToolError."""
+    from . import lab
+
+    kernel = lab_kernel_path()
+    if kernel is None:
+        raise MissingToolError("the lab kernel is not built (scripts/build-kernel)")
+    cpus = int(os.environ.get("HASHLAB_LAB_CPUS", LAB_CPUS))
+    res = lab.run(argv, kernel=kernel, timeout=timeout, cwd=REPO, env=env, cpus=cpus)
+    for o in res.oopses:
+        echo(f"hashlab: kernel warning in the lab VM: {o}")
+    return res

@@ -1,0 +1,295 @@
+"""The comparison's logic without a VM: rows, scenarios per row, judging, merging, tables.
+
+Runs on the host tier.  Observations are made up from the oracle (a "perfect" device,
+one with no hashes, one on the wrong queue) and go through the same functions that
+judge a real run (``hashlab.compare``, ``hashlab.orchestrator.Batch``).
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from hashlab import compare as C
+from hashlab import datapath, htmlreport, packets, report, rss
+from hashlab.orchestrator import Batch, RunResult, hash_queue
+from hashlab.errors import UsageError
+from hashlab.rss import Report
+
+SLICES = ["ipv4-tcp", "ipv4-udp", "ipv6-tcp", "ipv6-udp", "non-ip"]
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return packets.corpus(0).select(SLICES)
+
+
+def oracle(behaviour="spec", types=rss.LINUX_GUEST_TYPES, queues=2):
+    return rss.RssConfig.equal_table(queues, key=rss.MS_KEY, hash_types=types,
+                                     behaviour=behaviour)
+
+
+def observe(frames, conf, hashes=True, queue_of=None):
+    """What the Linux guest would record if the device behaved like CONF."""
+    out = []
+    for f in frames:
+        e = conf.expect(f.data)
+        q = queue_of(e) if queue_of else e.queue
+        out.append(report.Observed(len=len(f.data) - 14, hash=e.hash if hashes else 0,
+                                   l4_hash=int(e.l4) if hashes else 0, queue=q))
+    return out
+
+
+def fake_run(frames, observed, conf, *, hash_report=True, check_hash=True, queue_model="table",
+             rss_on=True, ok=True, behaviour=None, where="host", series=False):
+    b = Batch(0, frames, observed, conf, check_hash, queue_model, 2, hash_report)
+    cmp = report.compare_batches([(b.sent(), b.observed, b.check_hash)])
+    info = {
+        "datapath": {"qemu": "patched", "qemu_version": "10.0.13", "where": where,
+                     "host_kernel": "6.12.117", "kernel_has_series": series},
+        "qemu": {"features": {"host-features": {"RSS": rss_on, "HASH_REPORT": True},
+                              "guest-features": {"RSS": rss_on, "HASH_REPORT": hash_report}}},
+        "vhost": {"started": True, "vhost_dev": True, "fds": 2},
+        "guest": {"features": {"RSS": rss_on, "HASH_REPORT": hash_report}},
+        "oracle": {"behaviour": behaviour or conf.behaviour, "hashes": "oracle",
+                   "queues": queue_model},
+        "qemu_warnings": ["warning: something once"],
+    }
+    return RunResult("x", Path("/nonexistent"), ok and cmp.ok, cmp, [("vhost_running", None)],
+                     12.3, info, [b])
+
+
+ROW = C.ROWS_BY_ID["lab-patched-vhost"]
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def test_rows_and_parse():
+    ids = [r.id for r in C.ROWS]
+    assert ids[:5] == ["host-stock", "host-patched", "lab-stock-vhost", "lab-patched",
+                       "lab-patched-vhost"]
+    assert len(set(ids)) == len(ids)
+    assert [r.id for r in C.parse_rows("all")] == ids
+    assert {r.where for r in C.parse_rows("lab")} == {"lab"}
+    assert [r.id for r in C.parse_rows("lab-patched-vhost,host-stock")] == [
+        "host-stock", "lab-patched-vhost"]  # always in table order
+    with pytest.raises(UsageError, match="unknown comparison row 'nope'"):
+        C.parse_rows("host-stock,nope")
+    # the rows the brief asks for are all there: stock software, the mismatched pairing,
+    # patched with vhost off and on, patched on a kernel without the series
+    want = {("stock", False, "host"), ("stock", True, "lab"), ("patched", False, "lab"),
+            ("patched", True, "lab"), ("patched", False, "host")}
+    assert want <= {(r.qemu, r.vhost, r.where) for r in C.ROWS}
+
+
+def test_row_scenarios_from_the_base():
+    base = C.load_base()
+    base = {**base, "expect": {**(base.get("expect") or {}),
+                               "known_divergences": {"ipv4 IHL 4": "pinned"}}}
+    docs = {r.id: C.row_scenario_doc(r, base, guest_kernel="lab") for r in C.ROWS}
+    for rid, doc in docs.items():
+        row = C.ROWS_BY_ID[rid]
+        assert doc["name"] == f"compare-{rid}"
+        assert doc["datapath"]["qemu"] == row.qemu
+        assert doc["datapath"]["vhost"] == ("on" if row.vhost else "off")
+        assert "netdev" not in doc["datapath"]
+        assert doc["guest"]["kernel"] == ("lab" if row.where == "lab" else base["guest"]["kernel"])
+        # QEMU-software pins only where the row's model is QEMU's software path
+        assert ("known_divergences" in doc["expect"]) == row.keep_pins
+    sc = C.row_scenario(C.ROWS_BY_ID["lab-stock-vhost"], base)
+    assert sc.expect.hashes == "none" and sc.expect.queues == "any" and sc.datapath.vhost
+    sc = C.row_scenario(ROW, base)
+    assert sc.datapath.resolved_behaviour(True) == "spec" and sc.expect_vhost
+
+
+def test_availability(monkeypatch):
+    row = C.ROWS_BY_ID["lab-stock-vhost-stock-kernel"]
+    status, why = C.availability(row, here_is_lab=False)
+    assert status == C.NOT_BUILT and "without the series" in why
+    monkeypatch.setattr(datapath, "lab_kernel_path", lambda: None)
+    monkeypatch.setattr(datapath, "patched_qemu", lambda: Path("/bin/true"))
+    assert C.availability(C.ROWS_BY_ID["lab-stock-vhost"], False) == (
+        C.NOT_BUILT, "the lab kernel is not built (scripts/build-kernel)")
+    assert C.availability(C.ROWS_BY_ID["host-stock"], False) is None
+
+    def not_built():
+        raise datapath.MissingToolError("no")
+    monkeypatch.setattr(datapath, "patched_qemu", not_built)
+    assert C.availability(C.ROWS_BY_ID["host-patched"], False)[0] == C.NOT_BUILT
+    monkeypatch.setattr(datapath, "kernel_has_series", lambda: True)
+    assert C.availability(C.ROWS_BY_ID["host-stock"], True)[0] == C.NOT_SUPPORTED
+
+
+# --------------------------------------------------------------------------- judging
+
+
+def test_perfect_spec_device(frames):
+    conf = oracle("spec")
+    res = fake_run(frames, observe(frames, conf), conf, where="lab", series=True)
+    r = C.row_result_from_run(ROW, res, 40.0)
+    assert r.status == C.RAN and r.ok and r.vhost_running
+    assert r.hash_report_offered and r.hash_report_negotiated and r.rss_negotiated
+    n = len(frames)
+    assert r.spec["seen"] == r.spec["hash_right"] == r.spec["queue_right"] == n
+    assert r.spec["hashed_expected"] == r.spec["hashed_right"] == n - len(
+        frames.select(["non-ip"]))
+    assert r.kernel == "lab 6.12.117 (series)" and r.qemu == "patched 10.0.13"
+    assert C.hashes_cell(r) == f"{n}/{n}" and C.queues_cell(r) == f"{n}/{n}"
+    assert C.verdict(r) == "PASS (= spec)"
+    assert set(r.spec["by_type"]) == {"NONE", "TCPv4", "UDPv4", "TCPv6", "UDPv6"}
+
+
+def test_no_hash_device_is_judged_against_the_spec(frames):
+    """The mismatched pairing: its own model (no hashes, tap's queue) passes, the spec
+    columns show what the guest really got."""
+    conf = oracle("qemu-software")
+    obs = observe(frames, conf, hashes=False, queue_of=lambda e: 1)
+    res = fake_run(frames, obs, conf, check_hash=False, queue_model="any")
+    assert res.ok
+    r = C.row_result_from_run(C.ROWS_BY_ID["lab-stock-vhost"], res, 20.0)
+    unhashed = len(frames.select(["non-ip"]))
+    assert r.spec["hash_right"] == unhashed  # only the frames the spec does not hash
+    assert r.spec["hashed_right"] == 0 and r.spec["hashed_expected"] == len(frames) - unhashed
+    assert r.spec["queue_checked"] == len(frames)
+    assert 0 < r.spec["queue_right"] < len(frames)
+    assert r.own["mismatch"] == 0 and r.own["queue_model"] == "any"
+    assert C.verdict(r).startswith("PASS")
+    assert "%" in C.hashes_cell(r)
+
+
+def test_software_row_against_the_spec(frames):
+    """A qemu-software row judged against the spec: the same observations, the spec's
+    expectations (they agree on these slices with the Linux guest's types)."""
+    conf = oracle("qemu-software")
+    res = fake_run(frames, observe(frames, conf), conf)
+    spec = C.spec_comparison(res)
+    assert spec.ok and all(b.oracle.behaviour == "qemu-software" for b in res.batches)
+    assert {v.expected["report"] for v in spec.verdicts} >= {"TCPv4", "UDPv6", "NONE"}
+
+
+def test_wrong_queue_fails_own_model_and_shows(frames):
+    conf = oracle("spec")
+    obs = observe(frames, conf, queue_of=lambda e: 1 - e.queue)
+    res = fake_run(frames, obs, conf)
+    r = C.row_result_from_run(ROW, res, 1.0)
+    assert not r.ok and r.spec["queue_right"] == 0 and r.spec["hash_right"] == len(frames)
+    assert C.verdict(r).startswith("FAIL: ") and "mismatches vs spec" in C.verdict(r)
+
+
+def test_hash_only_queue_model(frames):
+    """Hash reporting without RSS on the patched program: (hash & 0xffff) mod queues."""
+    conf = rss.RssConfig(key=rss.MS_KEY, hash_types=rss.LINUX_GUEST_TYPES, table=[0],
+                         behaviour="spec")
+    obs = observe(frames, conf, queue_of=lambda e: hash_queue(e, 2))
+    b = Batch(0, frames, obs, conf, True, "hash", 2, True)
+    assert report.compare_batches([(b.sent(), obs, True)]).ok
+    e = rss.Expectation(0x12345, Report.TCPv4, 0, True)
+    assert hash_queue(e, 4) == 0x2345 % 4 and hash_queue(e, 1) == 0
+    assert hash_queue(rss.Expectation(0, Report.NONE, 0, False), 4) == 0
+    # with the table model instead, half of them land elsewhere
+    assert not report.compare_batches([(b.sent(queue_model="table"), obs, True)]).ok
+
+
+def test_batches_are_matched_separately(frames):
+    """Two batches of the same frames under two keys: each judged with its own oracle."""
+    a, b = oracle("spec"), rss.RssConfig.equal_table(2, key=bytes(range(40)), behaviour="spec")
+    ba = Batch(0, frames, observe(frames, a), a, True, "table", 2, True)
+    bb = Batch(1, frames, observe(frames, b), b, True, "table", 2, True)
+    cmp = report.compare_batches([(x.sent(), x.observed, True) for x in (ba, bb)])
+    assert cmp.ok and cmp.counts()["sent"] == 2 * len(frames)
+    assert {v.batch for v in cmp.verdicts} == {0, 1}
+    swapped = report.compare_batches([(ba.sent(), bb.observed, True)])
+    assert not swapped.ok
+
+
+# --------------------------------------------------------------------------- merging
+
+
+def placeholder(rid, status=C.NOT_BUILT, reason="why"):
+    return C.placeholder(C.ROWS_BY_ID[rid], status, reason)
+
+
+def test_merge_keeps_order_and_reports_missing_rows(frames):
+    order = list(C.ROWS)
+    conf = oracle("spec")
+    ran = C.row_result_from_run(ROW, fake_run(frames, observe(frames, conf), conf), 3.0)
+    host = [placeholder("host-stock", C.RAN, "")]
+    lab = [ran, placeholder("lab-patched", C.NOT_BUILT, "the patched QEMU is not built")]
+    merged = C.merge(order, lab, host)
+    assert [r.id for r in merged] == [r.id for r in order]
+    by = {r.id: r for r in merged}
+    assert by["lab-patched-vhost"] is ran
+    assert by["lab-patched"].status == C.NOT_BUILT
+    # nobody reported these: never silently missing
+    assert by["lab-stock-vhost"].status == C.ERROR and "no result" in by["lab-stock-vhost"].reason
+    # a later part wins
+    again = C.merge(order, [placeholder("host-stock", C.ERROR, "x")], host)
+    assert next(r for r in again if r.id == "host-stock").status == C.RAN
+
+
+def test_json_round_trip(frames):
+    conf = oracle("spec")
+    rows = [C.row_result_from_run(ROW, fake_run(frames, observe(frames, conf), conf), 3.0),
+            placeholder("lab-stock-vhost-stock-kernel", C.NOT_BUILT, C.UNPATCHED_LAB_REASON)]
+    doc = json.loads(json.dumps(C.rows_to_json(rows, {"timings": {"total": 1.0}})))
+    back = C.rows_from_json(doc)
+    assert [r.to_json() for r in back] == [r.to_json() for r in rows]
+    with pytest.raises(UsageError):
+        C.rows_from_json({"rows": []})
+
+
+def test_table_rendering(frames):
+    conf = oracle("spec")
+    rows = [C.row_result_from_run(ROW, fake_run(frames, observe(frames, conf), conf), 3.0),
+            placeholder("lab-patched", C.NOT_BUILT, "the patched QEMU is not built (scripts/build-qemu)"),
+            placeholder("lab-stock-vhost-stock-kernel", C.NOT_BUILT, C.UNPATCHED_LAB_REASON)]
+    text = C.render_table(rows)
+    lines = text.splitlines()
+    assert lines[0].startswith("| datapath ") and "hash report offered" in lines[0]
+    for col in ("QEMU", "kernel", "hashes right", "queues right"):
+        assert f" {col} " in lines[0]
+    assert set(lines[1]) <= {"|", "-"}
+    assert len(lines) == 2 + len(rows)
+    assert len({len(ln) for ln in lines}) == 1  # aligned
+    assert "not built: the patched QEMU is not built" in text
+    assert "not built: needs a lab kernel without the series" in text
+    types = C.render_types(rows)
+    assert types.splitlines()[0].split()[-1] == "lab-patched-vhost"
+    assert "(queues right)" in types
+    assert C.render_types([rows[1]]) == "(no row ran)"
+
+
+def test_reports(tmp_path, frames):
+    conf = oracle("spec")
+    rows = [C.row_result_from_run(ROW, fake_run(frames, observe(frames, conf), conf), 3.0),
+            placeholder("lab-patched")]
+    paths = htmlreport.write_reports(rows, {"timings": {"total": 3.0}, "base": "b.yaml"}, tmp_path)
+    assert [p.name for p in paths] == ["report.md", "report.html"]
+    md = (tmp_path / "report.md").read_text()
+    assert "![queues of lab-patched-vhost](queues-lab-patched-vhost.svg)" in md
+    svg = ET.fromstring((tmp_path / "queues-lab-patched-vhost.svg").read_text())
+    assert svg.tag.endswith("svg")
+    rects = [e for e in svg.iter() if e.tag.endswith("rect")]
+    assert len(rects) >= 4  # two queues x expected/observed (+ legend)
+    html = (tmp_path / "report.html").read_text()
+    assert html.count("<svg") == 1 and "not built" in html
+    # a queue that got a different count than expected is drawn in the "differs" colour
+    bad = htmlreport.queue_svg({"0": {"expected": 5, "observed": 3}}, "t")
+    assert htmlreport.WRONG_COLOUR in bad
+    good = htmlreport.queue_svg({"0": {"expected": 5, "observed": 5}}, "t")
+    assert htmlreport.WRONG_COLOUR not in good.split("</title></rect>")[1].split("<text")[0]
+
+
+def test_compare_without_lab_kernel(monkeypatch, tmp_path):
+    """Lab rows that cannot run come back as placeholders, with the reason."""
+    monkeypatch.setattr(datapath, "lab_kernel_path", lambda: None)
+    monkeypatch.setattr(datapath, "in_lab", lambda: False)
+    rows = C.parse_rows("lab")
+    results, meta = C.compare(rows, tmp_path, C.DEFAULT_BASE, echo=lambda m: None)
+    assert [r.id for r in results] == [r.id for r in rows]
+    assert all(r.status == C.NOT_BUILT for r in results)
+    assert "lab" not in meta["timings"]
