@@ -106,6 +106,7 @@ def run(
     env: dict[str, str] | None = None,
     verbose: bool = False,
     log: Path | None = None,
+    append: list[str] = (),
 ) -> LabResult:
     """Boot the lab VM, run ``command`` as root in it, return its exit status.
 
@@ -144,6 +145,8 @@ def run(
     ]
     for d in rwdirs:
         argv += ["--rwdir", str(d)]
+    for a in append:
+        argv += ["--append", a]
     argv += ["--", script]
 
     envp = dict(os.environ)

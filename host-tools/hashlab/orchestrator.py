@@ -242,15 +242,23 @@ def diagnose_key(cmp: report.Comparison, frames, oracle: rss.RssConfig, quirk: s
     return None
 
 
-async def _wait_arrival(vm: Machine, baseline: int, n_sent: int, timeout: float) -> int:
-    """Poll the guest's rx_packets until all frames are in or the count stops moving."""
+async def _wait_arrival(vm: Machine, baseline: int, n_sent: int, timeout: float,
+                        settle: float = 0.5) -> int:
+    """Poll the guest's rx_packets until all frames are in or the count stops moving.
+
+    Reaching N_SENT is not enough when other frames may still trickle in (filler traffic
+    from a reconfiguration): then the count must also stay put for SETTLE seconds."""
     deadline = time.monotonic() + timeout * load_factor()
     last, still = -1, 0
     while True:
         st = (await vm.agent("stats")).kind("stats")[0]
         got = st["rx_packets"] - baseline
         if got >= n_sent:
-            return got
+            if not settle or got == last:
+                return got
+            last = got
+            await asyncio.sleep(settle)
+            continue
         still = still + 1 if got == last else 0
         if still >= 3 or time.monotonic() > deadline:
             return got
@@ -551,7 +559,7 @@ async def _run(sc: Scenario, out: Path, kernel: str | None, echo, t0: float,
                         if ft is not None:
                             await asyncio.to_thread(ft.join, 30)
                     stb = (await vm.agent("stats")).kind("stats")[0]
-                    await _wait_arrival(vm, stb["rx_packets"], 1 << 30, 5)
+                    await _wait_arrival(vm, stb["rx_packets"], 1 << 30, 15)  # filler drains
                     fobs, o = await _collect(vm)  # filler (and stragglers): not judged
                     overrun += o or 0
                     st0 = (await vm.agent("stats")).kind("stats")[0]
@@ -580,7 +588,8 @@ async def _run(sc: Scenario, out: Path, kernel: str | None, echo, t0: float,
                      + (f" (batch {bi})" if sc.reconfigure.steps else "")
                      + f" ({', '.join(frames.slices())})")
                 n = await asyncio.to_thread(tap.send, [f.data for f in frames])
-                got = await _wait_arrival(vm, st0["rx_packets"], n, 60)
+                got = await _wait_arrival(vm, st0["rx_packets"], n, 60,
+                                          settle=0.5 if bi > 0 else 0)
                 observed, o = await _collect(vm)
                 overrun += o or 0
                 n_total += n

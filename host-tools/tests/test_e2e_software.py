@@ -26,15 +26,18 @@ from hashlab.tap import SYS_NET
 pytestmark = pytest.mark.vm
 
 
-def qemu_pids() -> set[int]:
+def qemu_pids(name: str = "") -> set[int]:
+    """QEMU processes (only those started for VM NAME, when given: others may be running
+    other people's tests on the same machine)."""
     pids = set()
     for p in Path("/proc").iterdir():
         if p.name.isdigit():
             try:
-                if b"qemu-system" in (p / "cmdline").read_bytes().split(b"\0")[0]:
-                    pids.add(int(p.name))
+                argv = (p / "cmdline").read_bytes().split(b"\0")
             except OSError:
-                pass
+                continue
+            if b"qemu-system" in argv[0] and (not name or name.encode() in argv):
+                pids.add(int(p.name))
     return pids
 
 
@@ -49,11 +52,11 @@ def private_tmp(tmp_path, monkeypatch):
 
 
 async def run_and_check_cleanup(sc, out: Path, private_tmp: Path):
-    before = qemu_pids()
+    before = qemu_pids(f"hashlab-{sc.name}")
     res = await run_scenario(sc, out, echo=lambda m: None)
     tap = res.info["tap"]
     assert not (SYS_NET / tap).exists(), f"tap {tap} left behind"
-    left = qemu_pids() - before
+    left = qemu_pids(f"hashlab-{sc.name}") - before
     assert not left, f"QEMU processes left: {left}"
     assert list(private_tmp.iterdir()) == [], "temporary files left"
     return res

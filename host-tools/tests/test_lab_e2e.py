@@ -41,25 +41,28 @@ def lab_ready():
         pytest.fail(str(e))
 
 
-def qemu_pids() -> set[int]:
+def qemu_pids(name: str = "") -> set[int]:
+    """QEMU processes (only those started for VM NAME, when given: others may be running
+    other people's tests on the same machine)."""
     pids = set()
     for p in Path("/proc").iterdir():
         if p.name.isdigit():
             try:
-                if b"qemu-system" in (p / "cmdline").read_bytes().split(b"\0")[0]:
-                    pids.add(int(p.name))
+                argv = (p / "cmdline").read_bytes().split(b"\0")
             except OSError:
-                pass
+                continue
+            if b"qemu-system" in argv[0] and (not name or name.encode() in argv):
+                pids.add(int(p.name))
     return pids
 
 
 async def run(sc, tmp_path):
     # results (VM logs included) go where the host can read them after the lab VM is gone
-    before = qemu_pids()
+    before = qemu_pids(f"hashlab-{sc.name}")
     res = await run_scenario(sc, results_root() / "lab-e2e" / sc.name, echo=print)
     print(res.summary())
     assert not (SYS_NET / res.info["tap"]).exists(), "tap left behind"
-    assert not (qemu_pids() - before), "QEMU left running"
+    assert not (qemu_pids(f"hashlab-{sc.name}") - before), "QEMU left running"
     return res
 
 

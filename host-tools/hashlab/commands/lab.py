@@ -21,6 +21,8 @@ def register(sub):
     p.add_argument("--timeout", type=float, default=600,
                    help="seconds at idle; scaled by the machine's load (default 600)")
     p.add_argument("--memory", default="4G")
+    p.add_argument("--append", action="append", default=[], metavar="KARG",
+                   help="extra kernel command-line argument (repeatable)")
     p.add_argument("--cpus", type=int, default=2)
     p.add_argument("-v", "--verbose", action="store_true", help="show the kernel console")
     p.add_argument("--fail-on-warning", action="store_true",
@@ -32,7 +34,7 @@ def register(sub):
 def _run(args) -> int:
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     res = lab.run(cmd, kernel=args.kernel, timeout=args.timeout, memory=args.memory,
-                  cpus=args.cpus, verbose=args.verbose)
+                  cpus=args.cpus, verbose=args.verbose, append=args.append)
     for o in res.oopses:
         print(f"hashlab: kernel warning in the lab VM: {o}", file=sys.stderr)
     print(f"hashlab: lab VM done in {res.seconds:.1f}s, status {res.status}, "
