@@ -71,6 +71,24 @@ def receive(fds: list[int], count: int, timeout: float = 10.0) -> list[tuple[int
     return out
 
 
+def steer(fds: list[int], tx: socket.socket, prog: int, hdr_len: int) -> list[tuple[int, bytes]]:
+    """Attach ``prog`` as the tap's steering program (and consume it), send one test
+    frame of each length, and return what each queue read."""
+    for fd in fds:
+        L.ioctl_int(fd, L.TUNSETVNETLE, 1)
+        L.ioctl_int(fd, L.TUNSETVNETHDRSZ, hdr_len)
+    try:
+        L.ioctl_int(fds[0], L.TUNSETSTEERINGEBPF, prog)
+        for n in LENGTHS:
+            tx.send(frame(n))
+        got = receive(fds, len(LENGTHS))
+    finally:
+        L.ioctl_int(fds[0], L.TUNSETSTEERINGEBPF, -1)
+        os.close(prog)
+    assert len(got) == len(LENGTHS)
+    return got
+
+
 def vnet_hash_prog() -> int:
     """hash = skb->len, report = len % 9 + 1, queue = len % 2: all visibly per packet."""
     a = L.Asm()
@@ -90,19 +108,7 @@ LENGTHS = [60, 61, 100, 201, 514, 1000, 1001, 1514]
 @pytest.mark.parametrize("hdr_len", [20, 24])
 def test_vnet_hash_program_steers_and_reports(tap, hdr_len):
     name, fds, tx = tap
-    for fd in fds:
-        L.ioctl_int(fd, L.TUNSETVNETLE, 1)
-        L.ioctl_int(fd, L.TUNSETVNETHDRSZ, hdr_len)
-    prog = vnet_hash_prog()
-    try:
-        L.ioctl_int(fds[0], L.TUNSETSTEERINGEBPF, prog)
-        for n in LENGTHS:
-            tx.send(frame(n))
-        got = receive(fds, len(LENGTHS))
-    finally:
-        L.ioctl_int(fds[0], L.TUNSETSTEERINGEBPF, -1)
-        os.close(prog)
-    assert len(got) == len(LENGTHS)
+    got = steer(fds, tx, vnet_hash_prog(), hdr_len)
     for queue, data in got:
         body = data[hdr_len:]
         n = len(body)
@@ -117,18 +123,7 @@ def test_vnet_hash_program_steers_and_reports(tap, hdr_len):
 def test_short_vnet_headers_keep_their_layout(tap, hdr_len):
     """With 10/12-byte headers the hash has nowhere to go: the frame follows at once."""
     name, fds, tx = tap
-    for fd in fds:
-        L.ioctl_int(fd, L.TUNSETVNETHDRSZ, hdr_len)
-    prog = vnet_hash_prog()
-    try:
-        L.ioctl_int(fds[0], L.TUNSETSTEERINGEBPF, prog)
-        for n in LENGTHS:
-            tx.send(frame(n))
-        got = receive(fds, len(LENGTHS))
-    finally:
-        L.ioctl_int(fds[0], L.TUNSETSTEERINGEBPF, -1)
-        os.close(prog)
-    assert len(got) == len(LENGTHS)
+    got = steer(fds, tx, vnet_hash_prog(), hdr_len)
     for queue, data in got:
         # num_buffers (bytes 10-11) is the VMM's to fill in; tun leaves it alone.
         assert data[:10] == bytes(10)
@@ -139,19 +134,8 @@ def test_short_vnet_headers_keep_their_layout(tap, hdr_len):
 def test_socket_filter_steering_unchanged(tap):
     """A classic steering program: its return value picks the queue; headers carry no hash."""
     name, fds, tx = tap
-    for fd in fds:
-        L.ioctl_int(fd, L.TUNSETVNETHDRSZ, 20)
     a = L.Asm().ldx(4, 0, 1, L.SKB_LEN).and64(0, 1).exit()  # queue = len % 2
-    prog = L.prog_load(L.BPF_PROG_TYPE_SOCKET_FILTER, a.code(), "hl_sockfilt")
-    try:
-        L.ioctl_int(fds[0], L.TUNSETSTEERINGEBPF, prog)
-        for n in LENGTHS:
-            tx.send(frame(n))
-        got = receive(fds, len(LENGTHS))
-    finally:
-        L.ioctl_int(fds[0], L.TUNSETSTEERINGEBPF, -1)
-        os.close(prog)
-    assert len(got) == len(LENGTHS)
+    got = steer(fds, tx, L.prog_load(L.BPF_PROG_TYPE_SOCKET_FILTER, a.code(), "hl_sockfilt"), 20)
     for queue, data in got:
         body = data[20:]
         assert queue == len(body) % NQUEUES
