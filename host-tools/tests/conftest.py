@@ -5,6 +5,7 @@ HASHLAB_IN_LAB=1 there); everywhere else they are skipped with the reason.
 """
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -74,3 +75,27 @@ def pytest_sessionfinish(session, exitstatus):
     if leaks:
         print("\nhashlab: left behind after the tests: " + "; ".join(leaks))
         session.exitstatus = 1
+
+
+# ---- the built eBPF RSS object (differential and fuzz tests) ----------------------------
+
+def _object_path() -> Path:
+    env = os.environ.get("HASHLAB_RSS_BPF_O")
+    if env:
+        return Path(env)
+    from hashlab.build.qemu import find_qemu_entry
+
+    entry = find_qemu_entry()
+    if entry is None:
+        pytest.skip("no built QEMU entry (run `hashlab build qemu`) and HASHLAB_RSS_BPF_O unset")
+    return entry / "bpf" / "rss.bpf.o"
+
+
+@pytest.fixture(scope="module")
+def rss_object() -> Path:
+    path = _object_path()
+    if not path.is_file():
+        pytest.skip(f"{path} does not exist")
+    if os.geteuid() != 0:
+        pytest.skip("loading BPF programs needs root")
+    return path

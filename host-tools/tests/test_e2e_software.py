@@ -22,23 +22,9 @@ from hashlab.orchestrator import run_scenario
 from hashlab.paths import SCENARIOS_DIR, versions
 from hashlab.scenario import load_scenario, parse_scenario
 from hashlab.tap import SYS_NET
+from procs import qemu_pids
 
 pytestmark = pytest.mark.vm
-
-
-def qemu_pids(name: str = "") -> set[int]:
-    """QEMU processes (only those started for VM NAME, when given: others may be running
-    other people's tests on the same machine)."""
-    pids = set()
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                argv = (p / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"qemu-system" in argv[0] and (not name or name.encode() in argv):
-                pids.add(int(p.name))
-    return pids
 
 
 @pytest.fixture

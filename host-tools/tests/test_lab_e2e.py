@@ -16,7 +16,6 @@ guest is the lab kernel, and the corpus is trimmed where the whole of it adds no
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
@@ -25,6 +24,7 @@ from hashlab.orchestrator import run_scenario
 from hashlab.paths import SCENARIOS_DIR, results_root
 from hashlab.scenario import load_scenario, parse_scenario
 from hashlab.tap import SYS_NET
+from procs import qemu_pids
 
 pytestmark = pytest.mark.lab
 
@@ -39,21 +39,6 @@ def lab_ready():
         datapath.patched_qemu()
     except datapath.MissingToolError as e:
         pytest.fail(str(e))
-
-
-def qemu_pids(name: str = "") -> set[int]:
-    """QEMU processes (only those started for VM NAME, when given: others may be running
-    other people's tests on the same machine)."""
-    pids = set()
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                argv = (p / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"qemu-system" in argv[0] and (not name or name.encode() in argv):
-                pids.add(int(p.name))
-    return pids
 
 
 async def run(sc, tmp_path):

@@ -23,11 +23,9 @@ Needs CAP_BPF/CAP_SYS_ADMIN (root) to load programs.
 
 from __future__ import annotations
 
-import os
 import random
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -89,28 +87,6 @@ def _short_l3_header(frame: bytes, _cfg=None) -> bool:
 UNTESTABLE = {
     "test-run-rejects-short-ip-header": _short_l3_header,
 }
-
-
-def _object_path() -> Path:
-    env = os.environ.get("HASHLAB_RSS_BPF_O")
-    if env:
-        return Path(env)
-    from hashlab.build.qemu import find_qemu_entry
-
-    entry = find_qemu_entry()
-    if entry is None:
-        pytest.skip("no built QEMU entry (run `hashlab build qemu`) and HASHLAB_RSS_BPF_O unset")
-    return entry / "bpf" / "rss.bpf.o"
-
-
-@pytest.fixture(scope="module")
-def rss_object() -> Path:
-    path = _object_path()
-    if not path.is_file():
-        pytest.skip(f"{path} does not exist")
-    if os.geteuid() != 0:
-        pytest.skip("loading BPF programs needs root")
-    return path
 
 
 @pytest.fixture(scope="module")

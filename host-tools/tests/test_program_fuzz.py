@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 import pytest
 
@@ -139,30 +138,8 @@ def test_regression_cases_are_what_they_claim():
 # --------------------------------------------------------------------------- fixtures
 
 
-def _object_path() -> Path:
-    env = os.environ.get("HASHLAB_RSS_BPF_O")
-    if env:
-        return Path(env)
-    from hashlab.build.qemu import find_qemu_entry
-
-    entry = find_qemu_entry()
-    if entry is None:
-        pytest.skip("no built QEMU entry (run `hashlab build qemu`) and HASHLAB_RSS_BPF_O unset")
-    return entry / "bpf" / "rss.bpf.o"
-
-
 def _seed() -> int:
     return int(os.environ.get("HASHLAB_FUZZ_SEED", str(DEFAULT_SEED)), 0)
-
-
-@pytest.fixture(scope="module")
-def rss_object() -> Path:
-    path = _object_path()
-    if not path.is_file():
-        pytest.skip(f"{path} does not exist")
-    if os.geteuid() != 0:
-        pytest.skip("loading BPF programs needs root")
-    return path
 
 
 @pytest.fixture(scope="module")
