@@ -54,10 +54,39 @@ class InputKey:
         return list(self._parts)
 
 
+HISTORY = "history.jsonl"
+
+
+def record_build(meta: dict, root: Path | None = None) -> None:
+    """Append a finished build's stamp to ``<cache>/history.jsonl``: the entries keep only
+    their last build, ``hashlab bench turnaround`` wants the cold ones too."""
+    try:
+        with open((root or cache_root()) / HISTORY, "a") as f:
+            f.write(json.dumps(meta) + "\n")
+    except OSError:
+        pass  # the history is informative only
+
+
+def build_history(root: Path | None = None) -> list[dict]:
+    try:
+        lines = ((root or cache_root()) / HISTORY).read_text().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
 class CacheEntry:
     def __init__(self, ikey: InputKey, root: Path | None = None):
         self.ikey = ikey
-        self.path = (root or cache_root()) / ikey.kind / ikey.key
+        self.root = root or cache_root()
+        self.path = self.root / ikey.kind / ikey.key
+        self.extra: dict = {}  # builders add to the stamp (e.g. ccache hits and misses)
 
     @property
     def done(self) -> bool:
@@ -84,7 +113,9 @@ class CacheEntry:
             "inputs": self.ikey.describe(),
             "build_seconds": round(time.monotonic() - t0, 1),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **self.extra,
         }
         (tmp / ".done").write_text(json.dumps(meta, indent=1) + "\n")
+        record_build(meta, self.root)
         shutil.rmtree(self.path, ignore_errors=True)
         tmp.rename(self.path)

@@ -87,14 +87,18 @@ ROWS: tuple[Row, ...] = (
         {"rss_negotiated": True, "hash_report_negotiated": True}),
     Row("lab-stock-vhost-stock-kernel", "stock QEMU + stock vhost_net (vhost=on)", "stock",
         True, "lab", "lab without the series",
-        "upstream: no HASH_REPORT", "qemu-software",
+        "upstream: no HASH_REPORT, eBPF steering", "qemu-ebpf",
+        {"rss_negotiated": True, "hash_report_negotiated": False},
+        needs_unpatched_lab_kernel=True),
+    Row("lab-patched-vhost-stock-kernel", "patched QEMU + stock vhost_net (vhost=on)",
+        "patched", True, "lab", "lab without the series",
+        "no HASH_REPORT (vhost_net lacks it), eBPF steering", "spec",
         {"rss_negotiated": True, "hash_report_negotiated": False},
         needs_unpatched_lab_kernel=True),
 )
 ROW_IDS = tuple(r.id for r in ROWS)
 ROWS_BY_ID = {r.id: r for r in ROWS}
-UNPATCHED_LAB_REASON = ("needs a lab kernel without the series; by hand (reference §6): "
-                        "RSS negotiated, HASH_REPORT not offered")
+UNPATCHED_LAB_REASON = "the stock lab kernel (no series) is not built (scripts/build-kernel --stock)"
 
 
 def parse_rows(text: str | None) -> list[Row]:
@@ -258,8 +262,14 @@ def row_scenario(row: Row, base: dict, guest_kernel: str | None = None):
 
 def availability(row: Row, here_is_lab: bool) -> tuple[str, str] | None:
     """(status, reason) when ROW cannot run from here, else None."""
-    if row.needs_unpatched_lab_kernel:
+    if row.needs_unpatched_lab_kernel and not here_is_lab and \
+            datapath.stock_lab_kernel_path() is None:
         return NOT_BUILT, UNPATCHED_LAB_REASON
+    if row.where == "lab" and here_is_lab and \
+            datapath.kernel_has_series() == row.needs_unpatched_lab_kernel:
+        return NOT_SUPPORTED, ("this lab VM runs the kernel with the series" if
+                               row.needs_unpatched_lab_kernel else
+                               "this kernel has no BPF_PROG_TYPE_VNET_HASH (not the lab kernel)")
     if row.qemu == "patched":
         try:
             datapath.patched_qemu()
@@ -268,8 +278,6 @@ def availability(row: Row, here_is_lab: bool) -> tuple[str, str] | None:
     if row.where == "lab" and not here_is_lab:
         if datapath.lab_kernel_path() is None:
             return NOT_BUILT, "the lab kernel is not built (scripts/build-kernel)"
-    if row.where == "lab" and here_is_lab and not datapath.kernel_has_series():
-        return NOT_SUPPORTED, "this kernel has no BPF_PROG_TYPE_VNET_HASH (not the lab kernel)"
     if row.where == "host" and here_is_lab:
         return NOT_SUPPORTED, "a host row: it runs on the host kernel, not in the lab VM"
     if row.where == "lab" and here_is_lab and not datapath.kvm_usable():
@@ -480,6 +488,36 @@ def lab_argv(rows: list[Row], json_out: Path, out: Path, base: Path,
     return argv
 
 
+def _lab_part(runnable: list[Row], stock: bool, out: Path, base: dict, base_path: Path,
+              guest_kernel: str | None, lab_timeout: float, echo) -> list[RowResult]:
+    """RUNNABLE in one lab VM boot (STOCK: on the control kernel without the series)."""
+    json_out = out / ("lab-stock-kernel-rows.json" if stock else "lab-rows.json")
+    json_out.unlink(missing_ok=True)
+    try:
+        scs = [row_scenario(r, base, guest_kernel) for r in runnable]
+        _, env = datapath.prepare_lab({sc.guest.kernel for sc in scs},
+                                      {sc.corpus.seed for sc in scs}, out,
+                                      any(r.qemu == "patched" for r in runnable))
+    except HashlabError as e:
+        return [placeholder(r, NOT_BUILT, f"preparing the lab run: {e}") for r in runnable]
+    argv = lab_argv(runnable, json_out, out, base_path, guest_kernel)
+    echo(f"hashlab compare: booting the lab VM{' (stock kernel, no series)' if stock else ''}"
+         f" for {len(runnable)} row(s): {', '.join(r.id for r in runnable)}")
+    try:
+        res = datapath.run_in_lab(argv, env, lab_timeout, echo, stock_kernel=stock)
+        status = f"lab VM done in {res.seconds:.0f}s, status {res.status}"
+    except HashlabError as e:
+        status = f"lab VM failed: {str(e).splitlines()[0]}"
+    echo(f"hashlab compare: {status}")
+    got = []
+    if json_out.is_file():
+        with contextlib.suppress(ValueError, UsageError):
+            got = rows_from_json(json.loads(json_out.read_text()))
+    have = {r.id for r in got}
+    return got + [placeholder(r, ERROR, f"no result from the lab VM ({status})")
+                  for r in runnable if r.id not in have]
+
+
 def compare(rows: list[Row], out: Path, base_path: Path, guest_kernel: str | None = None,
             lab_timeout: float = 2400, echo: Callable[[str], None] = print,
             run_lab: bool = True, json_path: Path | None = None) -> tuple[list[RowResult], dict]:
@@ -517,37 +555,15 @@ def compare(rows: list[Row], out: Path, base_path: Path, guest_kernel: str | Non
     if runnable and not run_lab:
         results_lab += [placeholder(r, NOT_SUPPORTED, "lab rows skipped (--no-lab)")
                         for r in runnable]
-    elif runnable:
-        t1 = time.monotonic()
-        json_out = out / "lab-rows.json"
-        json_out.unlink(missing_ok=True)
-        try:
-            scs = [row_scenario(r, base, guest_kernel) for r in runnable]
-            _, env = datapath.prepare_lab({sc.guest.kernel for sc in scs},
-                                          {sc.corpus.seed for sc in scs}, out,
-                                          any(r.qemu == "patched" for r in runnable))
-        except HashlabError as e:
-            results_lab += [placeholder(r, NOT_BUILT, f"preparing the lab run: {e}")
-                            for r in runnable]
-            runnable = []
-        if runnable:
-            argv = lab_argv(runnable, json_out, out, base_path, guest_kernel)
-            echo(f"hashlab compare: booting the lab VM for {len(runnable)} row(s): "
-                 f"{', '.join(r.id for r in runnable)}")
-            try:
-                res = datapath.run_in_lab(argv, env, lab_timeout, echo)
-                status = f"lab VM done in {res.seconds:.0f}s, status {res.status}"
-            except HashlabError as e:
-                status = f"lab VM failed: {str(e).splitlines()[0]}"
-            echo(f"hashlab compare: {status}")
-            timings["lab"] = round(time.monotonic() - t1, 1)
-            got = []
-            if json_out.is_file():
-                with contextlib.suppress(ValueError, UsageError):
-                    got = rows_from_json(json.loads(json_out.read_text()))
-            have = {r.id for r in got}
-            results_lab += got + [placeholder(r, ERROR, f"no result from the lab VM ({status})")
-                                  for r in runnable if r.id not in have]
+        runnable = []
+    # One lab VM boot per lab kernel: the one with the series, then the stock control.
+    for stock in (False, True):
+        group = [r for r in runnable if r.needs_unpatched_lab_kernel == stock]
+        if group:
+            t1 = time.monotonic()
+            results_lab += _lab_part(group, stock, out, base, base_path, guest_kernel,
+                                     lab_timeout, echo)
+            timings["lab-stock-kernel" if stock else "lab"] = round(time.monotonic() - t1, 1)
     merged = merge(rows, results_local, results_lab)
     timings["total"] = round(time.monotonic() - t0, 1)
     meta = {"base": str(base_path), "guest_kernel": guest_kernel,

@@ -80,6 +80,19 @@ def lab_kernel_path() -> Path | None:
     return None
 
 
+def stock_lab_kernel_path() -> Path | None:
+    """The control lab kernel (same source and config, no series), if built."""
+    try:
+        from .build import kernel as kb
+
+        e = kb.entry(stock=True)
+    except Exception:
+        return None
+    if e.done and (e.path / "bzImage").is_file():
+        return e.path / "bzImage"
+    return None
+
+
 def prep() -> dict:
     """What the host prepared for this lab VM run ({} elsewhere)."""
     p = os.environ.get(PREP_ENV)
@@ -205,13 +218,21 @@ def prepare_lab(guest_kernels: set[str], seeds: set[int], out: Path,
     return path, env
 
 
-def run_in_lab(argv: list[str], env: dict[str, str], timeout: float, echo=print):
+def run_in_lab(argv: list[str], env: dict[str, str], timeout: float, echo=print,
+               stock_kernel: bool = False):
     """Run ARGV in one lab VM boot with the build cache visible; returns lab.LabResult.
+    STOCK_KERNEL: boot the control kernel without the series instead of the lab kernel.
 
     Never builds the kernel: a lab kernel that is not built is a MissingToolError."""
     from . import lab
 
-    kernel = lab_kernel_path()
+    if stock_kernel:
+        kernel = stock_lab_kernel_path()
+        if kernel is None:
+            raise MissingToolError("the stock lab kernel (no series) is not built "
+                                   "(scripts/build-kernel --stock)")
+    else:
+        kernel = lab_kernel_path()
     if kernel is None:
         raise MissingToolError("the lab kernel is not built (scripts/build-kernel)")
     cpus = int(os.environ.get("HASHLAB_LAB_CPUS", LAB_CPUS))

@@ -8,11 +8,13 @@ config mismatch rather than as hash mismatches.
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from dataclasses import dataclass, field
 
-from . import rss
-from .machine import Machine
+from . import report, rss
+from .machine import Machine, load_factor
 from .scenario import GuestSpec
 
 IFNAME = "eth0"
@@ -331,3 +333,39 @@ async def readback(vm: Machine) -> GuestState:
             combined = int(ln.split(":", 1)[1])
     return GuestState(feature_bits(info["features"]), key, table, flows,
                       hash_types_from_flows(flows), rxhash, combined, raw)
+
+
+# --------------------------------------------------------------------------- traffic
+
+
+async def wait_rx(vm: Machine, baseline: int, n_sent: int, timeout: float,
+                  settle: float = 0.5) -> int:
+    """Poll the guest's rx_packets until all frames are in or the count stops moving.
+
+    Reaching N_SENT is not enough when other frames may still trickle in (filler traffic
+    from a reconfiguration): then the count must also stay put for SETTLE seconds."""
+    deadline = time.monotonic() + timeout * load_factor()
+    last, still = -1, 0
+    while True:
+        st = (await vm.agent("stats")).kind("stats")[0]
+        got = st["rx_packets"] - baseline
+        if got >= n_sent:
+            if not settle or got == last:
+                return got
+            last = got
+            await asyncio.sleep(settle)
+            continue
+        still = still + 1 if got == last else 0
+        if still >= 3 or time.monotonic() > deadline:
+            return got
+        last = got
+        await asyncio.sleep(1.0)
+
+
+async def collect(vm: Machine) -> tuple[list[report.Observed], int | None]:
+    """The guest's records since the last collect (the trace buffer is cleared), and how
+    many trace events were lost (None: not reported)."""
+    col = await vm.agent("collect", timeout=120)
+    ts = col.kind("trace_stats")
+    return [report.Observed.from_agent(r) for r in col.kind("rx")], \
+        (ts[0]["overrun"] if ts else None)

@@ -195,7 +195,7 @@ class Machine:
         c = self.cfg
         append = f"console=ttyS0 panic=-1 oops=panic loglevel=6 {c.append}".strip()
         args = [
-            c.qemu, "-name", c.name, "-nodefaults", "-no-user-config", "-display", "none",
+            c.qemu, "-name", f"{c.name},debug-threads=on", "-nodefaults", "-no-user-config", "-display", "none",
             "-machine", c.machine, "-accel", c.accel, "-cpu", c.cpu,
             "-smp", str(c.cpus), "-m", c.memory, "-no-reboot",
             "-action", "panic=pause",

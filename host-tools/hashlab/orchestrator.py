@@ -31,7 +31,7 @@ from pathlib import Path
 
 from . import datapath
 from . import guest as guestmod
-from . import packets, report, rss
+from . import load, packets, report, rss
 from .build.guest import build_guest
 from .errors import HashlabError
 from .machine import (GuestHang, Machine, MachineConfig, MachineError, QemuExited,
@@ -136,6 +136,14 @@ class RunResult:
             lines.append(f"  delivery: {d['sent']} sent, guest rx_packets +{d['guest_rx_packets']}"
                          f", tap tx_dropped {d['tap_tx_dropped']}, trace overrun "
                          f"{d['trace_overrun']}")
+        ld = self.info.get("load")
+        if ld:
+            m, t = ld["median"], ld["totals"]
+            lines.append(f"  load: {len(ld['rounds'])} x {ld['frames_per_round']} frames; median "
+                         f"offered {m['offered_fps']} fps, delivered {m['delivered_fps']} fps, "
+                         f"right {m['right_fps']} fps; {t['right']} right, {t['wrong']} wrong, "
+                         f"{t['tap_tx_dropped']} dropped by the tap, {t['guest_rx_dropped']} "
+                         f"by the guest; QEMU peak RSS {ld['qemu_peak_rss_kib']} KiB")
         for r in self.info.get("reconfigure", []):
             lines.append(f"  batch {r['batch']}: reconfigured ({r['step']}) with "
                          f"{r['filler_sent']} filler frames flowing ({r['filler_seen']} seen); "
@@ -240,30 +248,6 @@ def diagnose_key(cmp: report.Comparison, frames, oracle: rss.RssConfig, quirk: s
                 f"driver's RSS key quirk is '{alt}', not '{quirk}' "
                 f"(set guest.rss_key_quirk, see hashlab.guest.MISALIGNED_KEY_RANGES)")
     return None
-
-
-async def _wait_arrival(vm: Machine, baseline: int, n_sent: int, timeout: float,
-                        settle: float = 0.5) -> int:
-    """Poll the guest's rx_packets until all frames are in or the count stops moving.
-
-    Reaching N_SENT is not enough when other frames may still trickle in (filler traffic
-    from a reconfiguration): then the count must also stay put for SETTLE seconds."""
-    deadline = time.monotonic() + timeout * load_factor()
-    last, still = -1, 0
-    while True:
-        st = (await vm.agent("stats")).kind("stats")[0]
-        got = st["rx_packets"] - baseline
-        if got >= n_sent:
-            if not settle or got == last:
-                return got
-            last = got
-            await asyncio.sleep(settle)
-            continue
-        still = still + 1 if got == last else 0
-        if still >= 3 or time.monotonic() > deadline:
-            return got
-        last = got
-        await asyncio.sleep(1.0)
 
 
 async def run_scenario(sc: Scenario, out_dir: Path | None = None, kernel: str | None = None,
@@ -387,13 +371,6 @@ async def boot(cfg, attempts: int, echo, info: dict, before_retry=None):
         await vm.close(graceful=False)
         raise
     await vm.close(graceful=True)
-
-
-async def _collect(vm: Machine) -> tuple[list[report.Observed], int | None]:
-    col = await vm.agent("collect", timeout=120)
-    ts = col.kind("trace_stats")
-    return [report.Observed.from_agent(r) for r in col.kind("rx")], \
-        (ts[0]["overrun"] if ts else None)
 
 
 async def _run(sc: Scenario, out: Path, kernel: str | None, echo, t0: float,
@@ -559,8 +536,8 @@ async def _run(sc: Scenario, out: Path, kernel: str | None, echo, t0: float,
                         if ft is not None:
                             await asyncio.to_thread(ft.join, 30)
                     stb = (await vm.agent("stats")).kind("stats")[0]
-                    await _wait_arrival(vm, stb["rx_packets"], 1 << 30, 15)  # filler drains
-                    fobs, o = await _collect(vm)  # filler (and stragglers): not judged
+                    await guestmod.wait_rx(vm, stb["rx_packets"], 1 << 30, 15)  # filler drains
+                    fobs, o = await guestmod.collect(vm)  # filler (and stragglers): not judged
                     overrun += o or 0
                     st0 = (await vm.agent("stats")).kind("stats")[0]
                     oracle = oracle_for(gs)
@@ -588,9 +565,9 @@ async def _run(sc: Scenario, out: Path, kernel: str | None, echo, t0: float,
                      + (f" (batch {bi})" if sc.reconfigure.steps else "")
                      + f" ({', '.join(frames.slices())})")
                 n = await asyncio.to_thread(tap.send, [f.data for f in frames])
-                got = await _wait_arrival(vm, st0["rx_packets"], n, 60,
+                got = await guestmod.wait_rx(vm, st0["rx_packets"], n, 60,
                                           settle=0.5 if bi > 0 else 0)
-                observed, o = await _collect(vm)
+                observed, o = await guestmod.collect(vm)
                 overrun += o or 0
                 n_total += n
                 got_total += got
@@ -606,6 +583,18 @@ async def _run(sc: Scenario, out: Path, kernel: str | None, echo, t0: float,
                 "tap_tx_dropped": tstats1["tx_dropped"] - tstats0["tx_dropped"],
                 "trace_overrun": overrun,
             }
+            if sc.load.frames:
+                last = batches[-1]
+                ld = await load.run(vm, tap, [f.data for f in frames], sc.load.frames,
+                                    sc.load.rounds, sc.load.rate, last.sent(arrival=sc.expect.arrival,
+                                                              known=kd),
+                                    last.check_hash, vm.proc.pid if vm.proc else None, echo)
+                info["load"] = ld
+                t = ld["totals"]
+                checks.append(("load", None if not t["wrong"] and not t["unknown"] else
+                               f"{t['wrong']} of {t['delivered']} records under load had a "
+                               f"wrong hash, class or queue ({ld['rounds'][0]['wrong_fields']}"
+                               f"), {t['unknown']} of unknown length"))
             cmp = report.compare_batches([
                 (b.sent(arrival=sc.expect.arrival, known=kd), b.observed, b.check_hash)
                 for b in batches])

@@ -74,12 +74,14 @@ class Observed:
     l4_hash: int
     queue: int
     cpu: int = -1
+    ts: float = -1.0  # the guest's trace clock, seconds (-1: not recorded)
 
     @classmethod
     def from_agent(cls, rec: dict) -> "Observed":
         h = rec["hash"]
         return cls(len=int(rec["len"]), hash=int(h, 16) if isinstance(h, str) else int(h),
-                   l4_hash=int(rec["l4_hash"]), queue=int(rec["queue"]), cpu=int(rec.get("cpu", -1)))
+                   l4_hash=int(rec["l4_hash"]), queue=int(rec["queue"]),
+                   cpu=int(rec.get("cpu", -1)), ts=float(rec.get("ts", -1)))
 
 
 @dataclass
@@ -167,8 +169,7 @@ def _verdicts(sent: list[Sent], observed: Iterable[Observed], check_hash: bool):
     verdicts: list[Verdict] = []
     for s in sent:
         e = s.expect
-        exp_hash = e.hash if check_hash else 0
-        exp_class = hash_class(e.report) if check_hash else "none"
+        exp_hash, exp_class = _expected(s, check_hash)
         expected = {"hash": f"{exp_hash:#010x}", "class": exp_class,
                     "queue": e.queue if s.check_queue else None,
                     "report": Report(e.report).name}
@@ -181,12 +182,7 @@ def _verdicts(sent: list[Sent], observed: Iterable[Observed], check_hash: bool):
             o = seen[0]
             v.observed = {"hash": f"{o.hash:#010x}", "class": observed_class(o.hash, o.l4_hash),
                           "queue": o.queue, "l4_hash": o.l4_hash, "cpu": o.cpu}
-            if o.hash != exp_hash:
-                v.fields.append("hash")
-            if v.observed["class"] != exp_class:
-                v.fields.append("class")
-            if s.check_queue and o.queue != e.queue:
-                v.fields.append("queue")
+            v.fields = differences(s, o, check_hash)
             if len(seen) > 1:
                 v.status = DUPLICATE
                 v.observed["times_seen"] = len(seen)
@@ -199,6 +195,60 @@ def _verdicts(sent: list[Sent], observed: Iterable[Observed], check_hash: bool):
         verdicts.append(v)
 
     return verdicts, extras
+
+
+def _expected(s: Sent, check_hash: bool) -> tuple[int, str]:
+    """(hash, class) the guest should see for S; no hash at all when not CHECK_HASH."""
+    if not check_hash:
+        return 0, "none"
+    return s.expect.hash, hash_class(s.expect.report)
+
+
+def differences(s: Sent, o: Observed, check_hash: bool) -> list[str]:
+    """What of record O differs from frame S's expectation: 'hash', 'class', 'queue'."""
+    exp_hash, exp_class = _expected(s, check_hash)
+    out = []
+    if o.hash != exp_hash:
+        out.append("hash")
+    if observed_class(o.hash, o.l4_hash) != exp_class:
+        out.append("class")
+    if s.check_queue and o.queue != s.expect.queue:
+        out.append("queue")
+    return out
+
+
+def judge_records(sent: Iterable[Sent], observed: Iterable[Observed],
+                  check_hash: bool) -> dict:
+    """Judge *every* record against the frame of its length (traffic that sends each
+    frame many times, where ``compare``'s one-record-per-frame rule does not apply).
+
+    Returns ``{"records", "right", "wrong", "known", "unknown", "wrong_fields": {field:
+    n}, "first_wrong": [...]}``; known = differs, on a frame the scenario pins as a known
+    divergence; unknown = records of no sent length."""
+    by_len = {s.length: s for s in sent}
+    out = {"records": 0, "right": 0, "wrong": 0, "known": 0, "unknown": 0,
+           "wrong_fields": Counter(), "first_wrong": []}
+    for o in observed:
+        out["records"] += 1
+        s = by_len.get(o.len + ETH_HLEN)
+        if s is None:
+            out["unknown"] += 1
+            continue
+        diff = differences(s, o, check_hash)
+        if not diff:
+            out["right"] += 1
+            continue
+        if s.known:
+            out["known"] += 1
+            continue
+        out["wrong"] += 1
+        out["wrong_fields"].update(diff)
+        if len(out["first_wrong"]) < 10:
+            out["first_wrong"].append({"id": s.id, "desc": s.desc, "fields": diff,
+                                       "observed": {"hash": f"{o.hash:#010x}",
+                                                    "l4_hash": o.l4_hash, "queue": o.queue}})
+    out["wrong_fields"] = dict(out["wrong_fields"])
+    return out
 
 
 def _mark_stale(sent: list[Sent], verdicts: list[Verdict]) -> None:

@@ -52,6 +52,10 @@ A scenario is a YAML mapping, validated strictly (an unknown or mistyped field i
       arrive: {truncated: any}        # per slice: true | false | any (default true)
       known_divergences:              # corpus description (without " #n") -> reason:
         "ipv6 AH tcp": "..."          # pinned mismatches; a pin that matches fails
+    load:                             # optional: a throughput phase after the checked batches
+      frames: 20000                   # the corpus selection, cycled, written to the tap
+      rate: 2000                      # offered frames per second (bursts of 16); 0: unpaced
+      rounds: 3                       # repeated; every received record is judged (hashlab.load)
     timeouts: {boot: 180, command: 60, shutdown: 30}   # seconds at idle, scaled by load
 """
 
@@ -214,6 +218,13 @@ class ReconfigSpec:
 
 
 @dataclass
+class LoadSpec:
+    frames: int = 0  # 0: no load phase
+    rounds: int = 1
+    rate: int = 0  # offered frames per second; 0: as fast as the sender can
+
+
+@dataclass
 class Scenario:
     name: str
     path: Path | None = None
@@ -223,6 +234,7 @@ class Scenario:
     corpus: CorpusSpec = field(default_factory=CorpusSpec)
     expect: ExpectSpec = field(default_factory=ExpectSpec)
     reconfigure: ReconfigSpec = field(default_factory=ReconfigSpec)
+    load: LoadSpec = field(default_factory=LoadSpec)
     timeouts: dict[str, float] = field(default_factory=lambda: {"boot": 180.0, "command": 60.0,
                                                                   "shutdown": 30.0})
 
@@ -300,7 +312,7 @@ def parse_scenario(data: Any, where: str = "<scenario>", path: Path | None = Non
 
     v = _V(where)
     top = v.mapping("", data, {"name", "description", "guest", "datapath", "corpus", "expect",
-                               "reconfigure", "timeouts"}, {"name"})
+                               "reconfigure", "load", "timeouts"}, {"name"})
     name = v.typed("name", top["name"], str, "a string")
     if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", name):
         v.fail("name", f"{name!r} must match [a-z0-9][a-z0-9._-]*")
@@ -472,6 +484,12 @@ def parse_scenario(data: Any, where: str = "<scenario>", path: Path | None = Non
             if "flow_hash" in st:
                 step.flow_hash = _flow_hash(v, f"{sp}.flow_hash", st["flow_hash"])
             sc.reconfigure.steps.append(step)
+
+    if "load" in top:
+        ld = v.mapping("load", top["load"] or {}, {"frames", "rounds", "rate"}, {"frames"})
+        sc.load.frames = v.integer("load.frames", ld["frames"], 1, 10_000_000)
+        sc.load.rounds = v.integer("load.rounds", ld.get("rounds", 1), 1, 100)
+        sc.load.rate = v.integer("load.rate", ld.get("rate", 0), 0, 10_000_000)
 
     t = v.mapping("timeouts", top.get("timeouts", {}) or {}, {"boot", "command", "shutdown"})
     for k, val in t.items():

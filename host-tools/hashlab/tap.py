@@ -183,6 +183,36 @@ class Tap:
         finally:
             s.close()
 
+    def blast(self, frames: list[bytes], count: int, rate: float | None = None,
+              burst: int = 16) -> tuple[int, float]:
+        """Write COUNT frames (FRAMES cycled) for a throughput run: bursts of BURST
+        frames on a schedule of RATE frames per second (None: as fast as this process
+        can).  The tap drops what its queue cannot hold (``tx_dropped``), which is part
+        of the measurement.  Returns (frames written, seconds spent writing)."""
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+        try:
+            s.bind((self.name, 0))
+            data = [bytes(f) for f in frames]
+            send = s.send
+            n = 0
+            t0 = time.perf_counter()
+            for i in range(count):
+                try:
+                    send(data[i % len(data)])
+                    n += 1
+                except (BlockingIOError, InterruptedError):
+                    pass
+                except OSError as e:
+                    if e.errno != errno.ENOBUFS:
+                        raise TapError(f"blasting frames on {self.name}: {e}") from e
+                if rate and (i + 1) % burst == 0:
+                    ahead = t0 + (i + 1) / rate - time.perf_counter()
+                    if ahead > 0:
+                        time.sleep(ahead)
+            return n, time.perf_counter() - t0
+        finally:
+            s.close()
+
     def send_until(self, stop: threading.Event, frames: Iterable[bytes],
                    interval: float = 0.005) -> int:
         """Keep writing FRAMES (cycled) until STOP is set; returns how many were sent.

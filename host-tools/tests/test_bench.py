@@ -200,9 +200,10 @@ def test_cli_registers_bench():
     r = subprocess.run([sys.executable, "-m", "hashlab", "bench", "--help"], capture_output=True,
                        text=True, cwd=HERE_REPO)
     assert r.returncode == 0 and "program" in r.stdout and "turnaround" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "hashlab", "bench", "datapath"], capture_output=True,
-                       text=True, cwd=HERE_REPO)
-    assert r.returncode == 2 and "not implemented yet" in r.stderr
+    for what, bad in (("datapath", ["--frames", "0"]), ("datapath", ["--rate", "-1"])):
+        r = subprocess.run([sys.executable, "-m", "hashlab", "bench", what, *bad],
+                           capture_output=True, text=True, cwd=HERE_REPO)
+        assert r.returncode != 0 and "must be" in r.stderr  # refused before any VM boots
 
 
 def test_key_map_tables_are_qemus():

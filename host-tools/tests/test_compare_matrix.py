@@ -108,8 +108,18 @@ def test_row_scenarios_from_the_base():
 
 def test_availability(monkeypatch):
     row = C.ROWS_BY_ID["lab-stock-vhost-stock-kernel"]
+    monkeypatch.setattr(datapath, "stock_lab_kernel_path", lambda: None)
     status, why = C.availability(row, here_is_lab=False)
-    assert status == C.NOT_BUILT and "without the series" in why
+    assert status == C.NOT_BUILT and "build-kernel --stock" in why
+    monkeypatch.setattr(datapath, "stock_lab_kernel_path", lambda: Path("/bzImage"))
+    monkeypatch.setattr(datapath, "lab_kernel_path", lambda: Path("/bzImage"))
+    assert C.availability(row, here_is_lab=False) is None
+    # in a lab VM, rows go to the kernel they need: with the series or without
+    monkeypatch.setattr(datapath, "kvm_usable", lambda: True)
+    for has_series in (True, False):
+        monkeypatch.setattr(datapath, "kernel_has_series", lambda: has_series)
+        assert (C.availability(row, here_is_lab=True) is None) == (not has_series)
+        assert (C.availability(C.ROWS_BY_ID["lab-patched-vhost"], True) is None) == has_series
     monkeypatch.setattr(datapath, "lab_kernel_path", lambda: None)
     monkeypatch.setattr(datapath, "patched_qemu", lambda: Path("/bin/true"))
     assert C.availability(C.ROWS_BY_ID["lab-stock-vhost"], False) == (
@@ -256,7 +266,7 @@ def test_table_rendering(frames):
     assert len(lines) == 2 + len(rows)
     assert len({len(ln) for ln in lines}) == 1  # aligned
     assert "not built: the patched QEMU is not built" in text
-    assert "not built: needs a lab kernel without the series" in text
+    assert "not built: the stock lab kernel (no series) is not built" in text
     types = C.render_types(rows)
     assert types.splitlines()[0].split()[-1] == "lab-patched-vhost"
     assert "(queues right)" in types

@@ -18,6 +18,10 @@ The result is a cache entry ``<cache>/kernel/<key>/`` holding
 The key covers the source package version, every patch file's content, lab.config,
 the compiler version and RECIPE_VERSION below: bump RECIPE_VERSION whenever this file
 changes what ends up in an entry.
+
+``stock=True`` builds the same source with the same lab.config and compiler but without
+the series (an entry of kind ``kernel-stock``, without libbpf and bpftool): the control
+for the comparison rows that need "a kernel without the series".
 """
 
 from __future__ import annotations
@@ -110,20 +114,25 @@ def compiler_version() -> str:
         raise MissingToolError("gcc not found; apt-get install -y build-essential")
 
 
-def input_key() -> InputKey:
+def series(stock: bool = False) -> list[Path]:
+    """The patches a build applies: the series, or none for the stock control."""
+    return [] if stock else patch_files()
+
+
+def input_key(stock: bool = False) -> InputKey:
     pkg, version, _ = source_tarball()
-    key = InputKey("kernel")
+    key = InputKey("kernel-stock" if stock else "kernel")
     key.add_text("recipe", RECIPE_VERSION)
     key.add_text("source", f"{pkg}={version}")
     key.add_text("compiler", compiler_version())
     key.add_file(LAB_CONFIG, "lab.config")
-    key.add_text("series", "\n".join(p.name for p in patch_files()))
-    key.add_files(patch_files(), prefix="patches/")
+    key.add_text("series", "\n".join(p.name for p in series(stock)))
+    key.add_files(series(stock), prefix="patches/")
     return key
 
 
-def entry() -> CacheEntry:
-    return CacheEntry(input_key())
+def entry(stock: bool = False) -> CacheEntry:
+    return CacheEntry(input_key(stock))
 
 
 # --------------------------------------------------------------------------- config
@@ -275,16 +284,17 @@ def build_bpftool(src: Path, work: Path, dest: Path, logfile: Path, jobs: int,
     shutil.copy2(out / "bpftool", dest)
 
 
-def build(e: CacheEntry, jobs: int, nice: int, keep_work: bool) -> Path:
+def build(e: CacheEntry, jobs: int, nice: int, keep_work: bool, stock: bool = False) -> Path:
     pkg, version, tarball = source_tarball()
-    patches = patch_files()
+    patches = series(stock)
     work = cache_root() / "kernel-work" / e.ikey.key
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     logfile = work / "build.log"
     src, obj = work / "src", work / "obj"
     t0 = time.monotonic()
-    log(f"building {e.path} ({pkg} {version}, {len(patches)} patches, work dir {work})")
+    log(f"building {e.path} ({pkg} {version}, {len(patches)} patches"
+        f"{' (stock: no series)' if stock else ''}, work dir {work})")
 
     cc = "gcc"
     if shutil.which("ccache"):
@@ -297,6 +307,7 @@ def build(e: CacheEntry, jobs: int, nice: int, keep_work: bool) -> Path:
     def mk(args: list[str], label: str, progress: bool = False) -> None:
         run(make + args, logfile, label, env=env, nice=nice, progress=progress)
 
+    cc0 = steps.ccache_counts(Path(env["CCACHE_DIR"]))
     with e.fill() as dest:
         unpack(tarball, src, logfile)
         apply_series(src, patches, logfile)
@@ -304,8 +315,9 @@ def build(e: CacheEntry, jobs: int, nice: int, keep_work: bool) -> Path:
         configure(src, obj, logfile, make)
         mk(["bzImage"], "bzImage", progress=True)
         mk([f"INSTALL_HDR_PATH={dest / 'headers'}", "headers_install"], "headers_install")
-        build_libbpf(src, work, dest / "libbpf", logfile, jobs, nice)
-        build_bpftool(src, work, dest, logfile, jobs, nice)
+        if not stock:  # only the series' programs need our libbpf and bpftool
+            build_libbpf(src, work, dest / "libbpf", logfile, jobs, nice)
+            build_bpftool(src, work, dest, logfile, jobs, nice)
 
         shutil.copy2(obj / "arch/x86/boot/bzImage", dest / "bzImage")
         shutil.copy2(obj / ".config", dest / "config")
@@ -314,6 +326,7 @@ def build(e: CacheEntry, jobs: int, nice: int, keep_work: bool) -> Path:
         shutil.copy2(LAB_CONFIG, dest / "lab.config")
         (dest / "series").write_text("".join(p.name + "\n" for p in patches))
         shutil.copy2(logfile, dest / "build.log")
+        e.extra["ccache"] = steps.ccache_delta(cc0, steps.ccache_counts(Path(env["CCACHE_DIR"])))
 
     if keep_work:
         log(f"work dir kept: {work}")
@@ -325,9 +338,9 @@ def build(e: CacheEntry, jobs: int, nice: int, keep_work: bool) -> Path:
 
 
 def ensure_kernel(force: bool = False, jobs: int | None = None, nice: int = 10,
-                  keep_work: bool = False) -> Path:
+                  keep_work: bool = False, stock: bool = False) -> Path:
     """Path of the cache entry for the current inputs, building it if needed."""
-    e = entry()
+    e = entry(stock)
     if e.done and not force:
         return e.path
     jobs = jobs or (os.cpu_count() or 1) + 1
@@ -335,7 +348,7 @@ def ensure_kernel(force: bool = False, jobs: int | None = None, nice: int = 10,
         if e.done and not force:  # another process built it while we waited
             return e.path
         try:
-            return build(e, jobs, nice, keep_work)
+            return build(e, jobs, nice, keep_work, stock)
         except KernelBuildError:
             log(f"work dir left for inspection: {cache_root() / 'kernel-work' / e.ikey.key}")
             raise

@@ -49,7 +49,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..cache import CacheEntry, InputKey
+from ..cache import CacheEntry, InputKey, record_build
 from . import steps
 from .steps import run_step
 from ..errors import HashlabError, MissingToolError
@@ -405,6 +405,7 @@ def build(e: CacheEntry, tc: BpfToolchain, dsc: Path, nice: int, jobs: int | Non
         f"libbpf from {'kernel entry ' + tc.kernel_entry.name if tc.mode == 'kernel' else 'the system'}); "
         f"log: {logfile}")
     env = _env(dest, tc)
+    cc0 = steps.ccache_counts(Path(env["CCACHE_DIR"]))
     unpack(dsc, src, logfile)
     apply_series(src, patches, logfile)
     build_bpf(src, dest / "bpf", tc, logfile)
@@ -425,8 +426,10 @@ def build(e: CacheEntry, tc: BpfToolchain, dsc: Path, nice: int, jobs: int | Non
         "kernel_entry": str(tc.kernel_entry) if tc.kernel_entry else None,
         "build_seconds": seconds,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "ccache": steps.ccache_delta(cc0, steps.ccache_counts(Path(env["CCACHE_DIR"]))),
     }
     (dest / ".done").write_text(json.dumps(meta, indent=1) + "\n")
+    record_build(meta)
     log(f"done in {int(seconds) // 60}m{int(seconds) % 60:02d}s: {dest}")
     return dest
 

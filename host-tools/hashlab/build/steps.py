@@ -62,3 +62,25 @@ def locked(path: Path, log: Callable[[str], None]) -> Iterator[None]:
             log(f"waiting for another build holding {path}")
             fcntl.flock(f, fcntl.LOCK_EX)
         yield
+
+
+def ccache_counts(ccache_dir: Path) -> dict[str, int]:
+    """ccache's cumulative hits and misses in CCACHE_DIR ({} without ccache): a build's
+    delta tells a cold build (misses) from a warm one (hits)."""
+    try:
+        out = subprocess.run(["ccache", "--print-stats"], capture_output=True, text=True,
+                             env={**os.environ, "CCACHE_DIR": str(ccache_dir)},
+                             timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    stats = dict(line.split("\t", 1) for line in out.splitlines() if "\t" in line)
+    try:
+        return {"hit": int(stats.get("direct_cache_hit", 0)) +
+                int(stats.get("preprocessed_cache_hit", 0)),
+                "miss": int(stats.get("cache_miss", 0))}
+    except ValueError:
+        return {}
+
+
+def ccache_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after[k] - before.get(k, 0) for k in after}

@@ -13,10 +13,13 @@ from ..errors import HashlabError
 def register(sub) -> None:
     p = sub.add_parser(
         "bench",
-        help="benchmarks: the steering programs' ns per packet (program)",
-        description="Benchmarks.  `program`: ns per packet of upstream QEMU's RSS program, "
-        "hashlab's, and the table-driven prototype, through BPF_PROG_TEST_RUN, against a "
-        "plain C Toeplitz floor; on the host and in the lab VM.",
+        help="benchmarks: steering program cost, datapath throughput, turnaround",
+        description="Benchmarks, each writing JSON under results/bench/ and a short table.  "
+        "`program`: ns per packet of upstream QEMU's RSS program, hashlab's, and the "
+        "table-driven prototype, through BPF_PROG_TEST_RUN, against a plain C Toeplitz "
+        "floor; on the host and in the lab VM.  `datapath`: frames per second into the "
+        "guest with right hash reports, per datapath, as ratios.  `turnaround`: build, "
+        "boot and demo times.",
     )
     bsub = p.add_subparsers(dest="bench", metavar="WHAT")
     bsub.required = True
@@ -42,19 +45,51 @@ def register(sub) -> None:
                     help=argparse.SUPPRESS)  # the lab VM's half of a run
     pp.set_defaults(func=_program)
 
-    for name, what in (("datapath", "issue 8 part 2: frames per second through tap/vhost into a guest"),
-                       ("turnaround", "issue 8 part 3: time from a change to a checked result")):
-        q = bsub.add_parser(name, help=f"(not implemented yet) {what}",
-                            description=f"Not implemented yet: {what}.")
-        q.set_defaults(func=_not_yet, what=name)
+    dp = bsub.add_parser(
+        "datapath",
+        help="frames per second into the guest with right hash reports, per datapath",
+        description="Run scenarios/bench-*.yaml (QEMU userspace hashing with vhost=off, the "
+        "eBPF hash report via tap and via vhost_net, and stock vhost_net without hash "
+        "reports) in one lab VM boot: each checks the corpus against the oracle, then "
+        "writes the corpus unpaced to the tap for some rounds and judges every record the "
+        "guest receives.  Prints the rates, ratios, drops, host CPU per frame and QEMU's "
+        "peak memory; writes JSON (default results/bench/datapath.json).  Exit status 1 "
+        "when a row fails or any record under load is wrong.",
+    )
+    dp.add_argument("--frames", type=int, default=None,
+                    help="frames per round (default: the scenarios', 10000)")
+    dp.add_argument("--rounds", type=int, default=None,
+                    help="rounds per datapath (default: the scenarios', 3)")
+    dp.add_argument("--rate", type=int, default=None,
+                    help="offered frames per second (default: the scenarios'; 0: unpaced)")
+    dp.add_argument("--out", type=Path, default=None,
+                    help="JSON output (default results/bench/datapath.json; per-row results "
+                    "next to it in datapath/)")
+    dp.add_argument("--timeout", type=float, default=2400,
+                    help="seconds for the lab VM at idle (default 2400)")
+    dp.add_argument("--json", action="store_true", help="print the JSON instead of the table")
+    dp.set_defaults(func=_datapath)
+
+    tp = bsub.add_parser(
+        "turnaround",
+        help="time from a change to a checked result: builds, cache hits, boots, the demo",
+        description="Builds (the current entries', the slowest and latest on record in "
+        "<cache>/history.jsonl, and with --cold measured now into an empty temporary "
+        "cache), cache lookups, the lab VM's boot, the first verified report (`hashlab run "
+        "scenarios/lab-vhost.yaml`) and a warm scripts/demo.  Writes JSON (default "
+        "results/bench/turnaround.json) and prints a table.",
+    )
+    tp.add_argument("--cold", action="store_true",
+                    help="also measure cold builds now, into an empty cache (~16 min)")
+    tp.add_argument("--no-demo", action="store_true", help="skip the warm scripts/demo")
+    tp.add_argument("--out", type=Path, default=None,
+                    help="JSON output (default results/bench/turnaround.json)")
+    tp.add_argument("--json", action="store_true", help="print the JSON instead of the table")
+    tp.set_defaults(func=_turnaround)
 
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def _not_yet(args) -> int:
-    raise HashlabError(f"`hashlab bench {args.what}` is not implemented yet")
 
 
 def _program(args) -> int:
@@ -82,3 +117,40 @@ def _program(args) -> int:
         print(report.table(result), end="")
         print(f"written: {out}")
     return 0
+
+
+def _datapath(args) -> int:
+    from ..bench import datapath
+
+    if args.frames is not None and not 1 <= args.frames <= 1_000_000:
+        raise HashlabError("--frames must be 1..1000000")
+    if args.rounds is not None and not 1 <= args.rounds <= 20:
+        raise HashlabError("--rounds must be 1..20")
+    out = args.out or datapath.default_output()
+    if args.rate is not None and not 0 <= args.rate <= 1_000_000:
+        raise HashlabError("--rate must be 0..1000000")
+    result = datapath.run(args.frames, args.rounds, args.rate, out.with_suffix(""),
+                          args.timeout, _log)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(datapath.table(result), end="")
+        print(f"written: {out} (per row: {out.with_suffix('')}/<scenario>/)")
+    return 0 if result["ok"] else 1
+
+
+def _turnaround(args) -> int:
+    from ..bench import turnaround
+
+    result = turnaround.run(args.cold, not args.no_demo, _log)
+    out = args.out or turnaround.default_output()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(turnaround.table(result), end="")
+        print(f"written: {out}")
+    return 0 if result["ok"] else 1

@@ -25,9 +25,12 @@ def _kernel(args: argparse.Namespace) -> int:
     from ..build import kernel
 
     path = kernel.ensure_kernel(force=args.force, jobs=args.jobs, nice=args.nice,
-                                keep_work=args.keep_work)
+                                keep_work=args.keep_work, stock=args.stock)
     if args.print_path:
         print(path)
+    elif args.stock:
+        print(f"stock kernel (no series): {path}")
+        print(f"  bzImage  {path / 'bzImage'}  ({(path / 'kernel.release').read_text().strip()})")
     else:
         print(f"kernel: {path}")
         print(f"  bzImage  {path / 'bzImage'}  ({(path / 'kernel.release').read_text().strip()})")
@@ -53,6 +56,9 @@ def _register_kernel(sub) -> None:
                    help="run make under nice -n N (default 10; 0 disables)")
     p.add_argument("--keep-work", action="store_true",
                    help="keep the unpacked source and object tree after a successful build")
+    p.add_argument("--stock", action="store_true",
+                   help="the control: the same source and lab.config without kernel/patches "
+                   "(for the comparison's \"kernel without the series\" rows)")
     p.set_defaults(func=_kernel)
 
 

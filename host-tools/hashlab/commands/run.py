@@ -34,6 +34,12 @@ def register(sub):
                    help="run every scenario here, even those meant for the lab VM")
     p.add_argument("--lab-timeout", type=float, default=1800,
                    help="seconds for the lab VM at idle (scaled by load; default 1800)")
+    p.add_argument("--load-frames", type=int, metavar="N",
+                   help="override the scenarios' load phase: N frames per round (0: none)")
+    p.add_argument("--load-rounds", type=int, metavar="R",
+                   help="override the scenarios' load phase: R rounds")
+    p.add_argument("--load-rate", type=int, metavar="FPS",
+                   help="override the scenarios' load phase: offered frames/s (0: unpaced)")
     import argparse
 
     p.add_argument("--out-parent", help=argparse.SUPPRESS)  # OUT/<name> for each scenario
@@ -54,6 +60,8 @@ def _run(args) -> int:
     from ..scenario import load_scenario
 
     scs = [(path, load_scenario(path)) for path in args.scenario]
+    for _, sc in scs:
+        _override_load(args, sc)
     many = len(scs) > 1
     here_is_lab = datapath.in_lab()
     lab_scs = [] if (args.here or here_is_lab) else [(p, s) for p, s in scs if s.where == "lab"]
@@ -81,6 +89,9 @@ def _run(args) -> int:
             argv += ["--kernel", args.kernel]
         if args.drop_stale_pins:
             argv.append("--drop-stale-pins")
+        for opt in ("load_frames", "load_rounds", "load_rate"):
+            if getattr(args, opt) is not None:
+                argv += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]
         argv += [str(Path(p).resolve()) for p, _ in lab_scs]
         echo(f"hashlab run: booting the lab VM for {', '.join(sc.name for _, sc in lab_scs)}")
         res = datapath.run_in_lab(argv, env, args.lab_timeout, echo)
@@ -88,6 +99,23 @@ def _run(args) -> int:
              f"console log: {res.log}")
         rc |= res.status
     return rc
+
+
+def _override_load(args, sc) -> None:
+    from ..errors import UsageError
+
+    if args.load_frames is not None:
+        if not 0 <= args.load_frames <= 10_000_000:
+            raise UsageError(f"--load-frames {args.load_frames} out of range [0, 10000000]")
+        sc.load.frames = args.load_frames
+    if args.load_rounds is not None:
+        if not 1 <= args.load_rounds <= 100:
+            raise UsageError(f"--load-rounds {args.load_rounds} out of range [1, 100]")
+        sc.load.rounds = args.load_rounds
+    if args.load_rate is not None:
+        if not 0 <= args.load_rate <= 10_000_000:
+            raise UsageError(f"--load-rate {args.load_rate} out of range [0, 10000000]")
+        sc.load.rate = args.load_rate
 
 
 def _prep_dir(args) -> Path:

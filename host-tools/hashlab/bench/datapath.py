@@ -1,0 +1,219 @@
+"""``hashlab bench datapath``: frames per second into the guest, per datapath, one run.
+
+The rows are the ``scenarios/bench-*.yaml`` scenarios: one guest (the lab kernel, 2 queue
+pairs, Microsoft key), one corpus selection (IPv4/IPv6 TCP/UDP and IPv6 with extension
+headers), one load phase (``hashlab.load``), four datapaths:
+
+    bench-software     stock QEMU hashes in userspace, tap vhost=off (what exists)
+    bench-ebpf-tap     patched QEMU: the eBPF program reports, tap vhost=off
+    bench-ebpf-vhost   patched QEMU: the eBPF program reports, vhost_net (vhost=on)
+    bench-stock-vhost  stock QEMU, hash=off: eBPF steering only, vhost_net (reference)
+
+All four run in one lab VM boot (``hashlab run --here`` inside it), one after the other,
+so that they share the machine's state.  Each row first passes the scenario's checked
+batch (every frame's hash, class and queue against the oracle), then the load rounds,
+where every received record is judged too: "right fps" counts only records with the
+oracle's hash, class and queue.  The result is the ratios; everything runs nested under
+TCG, so the absolute numbers mean little.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from ..errors import HashlabError
+from ..paths import SCENARIOS_DIR, results_root
+
+KIND = "hashlab-bench-datapath"
+VERSION = 1
+
+# (scenario, short label); the first is the baseline of the ratios.
+ROWS = (
+    ("bench-software", "QEMU userspace hash (stock, vhost=off)"),
+    ("bench-ebpf-tap", "eBPF hash report via tap (patched, vhost=off)"),
+    ("bench-ebpf-vhost", "eBPF hash report via vhost_net (patched, vhost=on)"),
+    ("bench-stock-vhost", "eBPF steering, no hash report (stock, vhost=on)"),
+)
+BASELINE = "bench-software"
+OURS = "bench-ebpf-vhost"
+REFERENCE = "bench-stock-vhost"  # today's fast path, without hashes
+
+
+class BenchError(HashlabError):
+    exit_status = 1
+
+
+def scenario_paths() -> list[Path]:
+    return [SCENARIOS_DIR / f"{name}.yaml" for name, _ in ROWS]
+
+
+def default_output() -> Path:
+    return results_root() / "bench" / "datapath.json"
+
+
+# --------------------------------------------------------------------------- pure
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b <= 0:
+        return None
+    return round(a / b, 2)
+
+
+def _sum(*vals: float | None) -> float | None:
+    return None if any(v is None for v in vals) else round(sum(vals), 2)
+
+
+def row_from_results(name: str, label: str, doc: dict | None) -> dict:
+    """One table row from a scenario's results.json (None: the row did not run)."""
+    if doc is None:
+        return {"scenario": name, "datapath": label, "ran": False,
+                "error": "no results.json (the run did not get that far)"}
+    ld = doc.get("load")
+    dp = doc.get("datapath", {})
+    row = {"scenario": name, "datapath": label, "ran": ld is not None, "ok": doc.get("ok"),
+           "qemu": f"{dp.get('qemu', '?')} {dp.get('qemu_version', '?')}",
+           "vhost": dp.get("vhost"), "kernel": dp.get("host_kernel"),
+           "hash_report": bool(doc.get("oracle", {}).get("check_hash")),
+           "checked_batch": (doc.get("comparison") or {}).get("counts"),
+           "failed_checks": [c["name"] + ": " + str(c["failure"])
+                             for c in doc.get("checks", []) if not c["ok"]]}
+    if doc.get("error"):
+        row["error"] = f"{doc['error']['type']}: {doc['error']['message']}"
+    if ld is None:
+        row.setdefault("error", "no load phase in results.json")
+        return row
+    m, t = ld["median"], ld["totals"]
+    row.update({
+        "frames_per_round": ld["frames_per_round"], "rounds": len(ld["rounds"]),
+        "offered_fps": m["offered_fps"], "delivered_fps": m["delivered_fps"],
+        "right_fps": m["right_fps"],
+        "right": t["right"], "wrong": t["wrong"], "known": t["known"],
+        "delivered": t["delivered"], "offered": t["offered"],
+        "tap_tx_dropped": t["tap_tx_dropped"], "guest_rx_dropped": t["guest_rx_dropped"],
+        "trace_overrun": t["trace_overrun"],
+        "sender_bound_rounds": ld["sender_bound_rounds"],
+        "cpu_us_per_frame": {k: m.get(f"cpu_us_per_frame_{k}") for k in ("vcpu", "vhost", "other")},
+        # what moving a frame costs the host outside the guest: vhost worker + QEMU's
+        # own threads (main loop, I/O), without the vCPUs (the guest's work)
+        "host_cpu_us_per_frame": _sum(m.get("cpu_us_per_frame_vhost"),
+                                      m.get("cpu_us_per_frame_other")),
+        "qemu_peak_rss_kib": ld["qemu_peak_rss_kib"],
+        "round_right_fps": [r["right_fps"] for r in ld["rounds"]],
+    })
+    spread = [v for v in row["round_right_fps"] if v]
+    row["right_fps_spread"] = round((max(spread) - min(spread)) / statistics.median(spread), 3) \
+        if len(spread) > 1 else None
+    return row
+
+
+def summarize(rows: list[dict], meta: dict | None = None) -> dict:
+    """Ratios against the baseline (right fps), and ours against today's fast path."""
+    by = {r["scenario"]: r for r in rows}
+    base = by.get(BASELINE, {}).get("right_fps")
+    for r in rows:
+        r["ratio_vs_software"] = _ratio(r.get("right_fps"), base)
+    ours, ref = by.get(OURS, {}), by.get(REFERENCE, {})
+    findings = {
+        "vhost_ebpf_vs_software": _ratio(ours.get("right_fps"), base),
+        "tap_ebpf_vs_software": _ratio(by.get("bench-ebpf-tap", {}).get("right_fps"), base),
+        "vhost_with_hashes_vs_without": _ratio(ours.get("delivered_fps"),
+                                               ref.get("delivered_fps")),
+        # host CPU per frame: how much less the fast path costs than hashing in QEMU,
+        # and what reporting hashes adds to today's vhost_net path
+        "host_cpu_software_vs_vhost_ebpf": _ratio(by.get(BASELINE, {}).get("host_cpu_us_per_frame"),
+                                                  ours.get("host_cpu_us_per_frame")),
+        "host_cpu_vhost_with_vs_without_hashes": _ratio(ours.get("host_cpu_us_per_frame"),
+                                                        ref.get("host_cpu_us_per_frame")),
+    }
+    wrong = sum(r.get("wrong", 0) for r in rows)
+    return {"kind": KIND, "version": VERSION, **(meta or {}), "rows": rows,
+            "findings": findings, "wrong_records": wrong,
+            "ok": all(r.get("ran") and r.get("ok") for r in rows) and wrong == 0}
+
+
+def _f(v, fmt="{:.0f}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def table(result: dict) -> str:
+    head = ["datapath", "hash report", "offered fps", "delivered fps", "right fps",
+            "vs software", "wrong", "tap drops", "guest drops", "host CPU us/frame",
+            "(vCPU/vhost/QEMU)", "QEMU peak RSS"]
+    lines_ = []
+    for r in result["rows"]:
+        if not r.get("ran"):
+            lines_.append([r["datapath"]] + ["-"] * 10 + [f"did not run: {r.get('error', '?')}"])
+            continue
+        c = r["cpu_us_per_frame"]
+        lines_.append([
+            r["datapath"], "yes" if r["hash_report"] else "no",
+            _f(r["offered_fps"]) + ("*" if r["sender_bound_rounds"] else ""),
+            _f(r["delivered_fps"]), _f(r["right_fps"]),
+            _f(r["ratio_vs_software"], "{:.2f}x"),
+            f"{r['wrong']}/{r['delivered']}", str(r["tap_tx_dropped"]),
+            str(r["guest_rx_dropped"]), _f(r["host_cpu_us_per_frame"]),
+            "/".join(_f(c[k], "{:.0f}") for k in ("vcpu", "vhost", "other")),
+            _f(r["qemu_peak_rss_kib"] and r["qemu_peak_rss_kib"] / 1024, "{:.0f} MiB"),
+        ])
+    w = [max(len(head[i]), *(len(x[i]) for x in lines_)) for i in range(len(head))]
+    out = ["  ".join(h.ljust(w[i]) for i, h in enumerate(head)),
+           "  ".join("-" * n for n in w)]
+    out += ["  ".join(x[i].ljust(w[i]) for i in range(len(head))) for x in lines_]
+    f = result["findings"]
+    out.append("")
+    out.append(f"eBPF hash report + vhost_net vs QEMU userspace hashing: "
+               f"{_f(f['vhost_ebpf_vs_software'], '{:.2f}x')} (right fps); via tap: "
+               f"{_f(f['tap_ebpf_vs_software'], '{:.2f}x')}")
+    out.append(f"vhost_net with hash reports vs without (stock, steering only): "
+               f"{_f(f['vhost_with_hashes_vs_without'], '{:.2f}x')} (delivered fps)")
+    out.append(f"host CPU per frame (vhost + QEMU, without vCPUs), QEMU userspace hashing vs "
+               f"eBPF + vhost_net: {_f(f['host_cpu_software_vs_vhost_ebpf'], '{:.2f}x')}; "
+               f"vhost_net with vs without hash reports: "
+               f"{_f(f['host_cpu_vhost_with_vs_without_hashes'], '{:.2f}x')}")
+    out.append(f"wrong hash/class/queue under load: {result['wrong_records']} records")
+    if any(r.get("sender_bound_rounds") for r in result["rows"] if r.get("ran")):
+        out.append("* delivered >= 90% of offered: the datapath kept up with the offered rate "
+                   "(its capacity is higher; compare host CPU per frame at equal load)")
+    out.append("nested under TCG: read the ratios, not the absolute rates")
+    return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------- running
+
+
+def run(frames: int | None, rounds: int | None, rate: int | None, out_dir: Path,
+        timeout: float, log=print) -> dict:
+    """Run the rows in one lab VM boot; returns the summarized result."""
+    from .. import datapath
+    from ..scenario import load_scenario
+
+    paths = scenario_paths()
+    scs = [load_scenario(p) for p in paths]
+    _, env = datapath.prepare_lab({s.guest.kernel for s in scs}, {s.corpus.seed for s in scs},
+                                  out_dir, True)
+    argv = [str(Path(sys.executable).parent / "hashlab"), "run", "--here",
+            "--out-parent", str(out_dir.resolve())]
+    if frames is not None:
+        argv += ["--load-frames", str(frames)]
+    if rounds is not None:
+        argv += ["--load-rounds", str(rounds)]
+    if rate is not None:
+        argv += ["--load-rate", str(rate)]
+    argv += [str(p) for p in paths]
+    for name, _ in ROWS:  # never read a previous run's results
+        (out_dir / name / "results.json").unlink(missing_ok=True)
+    log(f"bench: booting the lab VM for {len(paths)} datapaths")
+    res = datapath.run_in_lab(argv, env, timeout, log)
+    log(f"bench: lab VM done in {res.seconds:.0f}s, status {res.status}; console log {res.log}")
+    rows = []
+    for name, label in ROWS:
+        p = out_dir / name / "results.json"
+        doc = json.loads(p.read_text()) if p.is_file() else None
+        rows.append(row_from_results(name, label, doc))
+    meta = {"lab_seconds": round(res.seconds, 1), "lab_status": res.status,
+            "lab_log": str(res.log), "results_dir": str(out_dir)}
+    return summarize(rows, meta)
