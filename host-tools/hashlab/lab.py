@@ -29,6 +29,13 @@ from .paths import REPO, cache_root
 # Panics, oopses and warnings as the kernel prints them on the console.
 PANIC_RE = re.compile(r"Kernel panic - not syncing|---\[ end Kernel panic")
 OOPS_RE = re.compile(r"\bOops:|BUG: |WARNING: CPU: \d+ PID: |general protection fault")
+# Under TCG the lab kernel's early TSC calibration (against the emulated PIT) can be off
+# by more than KVM's 250 ppm from the refined value; KVM then gives every guest a scaled
+# TSC (the TSC ratio MSR of the emulated SVM), and such guests hang as soon as they wait
+# for a timer (seen: `echo 8192 > buffer_size_kb` never returns, "kvm: user requested
+# TSC rate below hardware speed" in the lab console).  A wider tolerance keeps the guests
+# on the unscaled TSC; their kvmclock absorbs the difference.
+LAB_KERNEL_ARGS = ("kvm.tsc_tolerance_ppm=10000",)
 STATUS_MARK = "hashlab-lab-status="
 STATUS_RE = re.compile(STATUS_MARK + r"(\d+)$")
 
@@ -145,7 +152,7 @@ def run(
     ]
     for d in rwdirs:
         argv += ["--rwdir", str(d)]
-    for a in append:
+    for a in (*LAB_KERNEL_ARGS, *append):
         argv += ["--append", a]
     argv += ["--", script]
 

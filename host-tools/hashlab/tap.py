@@ -183,6 +183,18 @@ class Tap:
         finally:
             s.close()
 
+    def _try_send(self, send, data: bytes, what: str) -> int:
+        """1 if DATA went out, 0 if the transmit queue was full (skipped, not an error)."""
+        try:
+            send(data)
+            return 1
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as e:
+            if e.errno != errno.ENOBUFS:
+                raise TapError(f"{what} on {self.name}: {e}") from e
+            return 0
+
     def blast(self, frames: list[bytes], count: int, rate: float | None = None,
               burst: int = 16) -> tuple[int, float]:
         """Write COUNT frames (FRAMES cycled) for a throughput run: bursts of BURST
@@ -197,14 +209,7 @@ class Tap:
             n = 0
             t0 = time.perf_counter()
             for i in range(count):
-                try:
-                    send(data[i % len(data)])
-                    n += 1
-                except (BlockingIOError, InterruptedError):
-                    pass
-                except OSError as e:
-                    if e.errno != errno.ENOBUFS:
-                        raise TapError(f"blasting frames on {self.name}: {e}") from e
+                n += self._try_send(send, data[i % len(data)], "blasting frames")
                 if rate and (i + 1) % burst == 0:
                     ahead = t0 + (i + 1) / rate - time.perf_counter()
                     if ahead > 0:
@@ -224,17 +229,10 @@ class Tap:
         n = 0
         try:
             s.bind((self.name, 0))
-            for data in itertools.cycle(list(frames)):
+            for data in itertools.cycle([bytes(f) for f in frames]):
                 if stop.is_set():
                     break
-                try:
-                    s.send(bytes(data))
-                    n += 1
-                except (BlockingIOError, InterruptedError):
-                    pass
-                except OSError as e:
-                    if e.errno != errno.ENOBUFS:
-                        raise TapError(f"sending filler on {self.name}: {e}") from e
+                n += self._try_send(s.send, data, "sending filler")
                 stop.wait(interval)
             return n
         finally:

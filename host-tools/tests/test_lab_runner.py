@@ -44,3 +44,14 @@ def test_lab_kernel_panic_is_a_panic():
     log = r.stderr.split("console log:")[1].split()[0]
     with open(log) as f:
         assert "Kernel panic" in f.read()
+
+
+def test_lab_kernel_keeps_guests_on_an_unscaled_tsc():
+    # hashlab.lab.LAB_KERNEL_ARGS: without it, a lab boot whose early TSC calibration
+    # came out > 250 ppm off gives every KVM guest a scaled TSC, and those guests hang.
+    from hashlab import lab
+
+    r = hashlab_lab("cat", "/sys/module/kvm/parameters/tsc_tolerance_ppm", "/proc/cmdline")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[0] == "10000"
+    assert all(a in r.stdout for a in lab.LAB_KERNEL_ARGS)

@@ -131,26 +131,24 @@ def _datapath(args) -> int:
         raise HashlabError("--rate must be 0..1000000")
     result = datapath.run(args.frames, args.rounds, args.rate, out.with_suffix(""),
                           args.timeout, _log)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    if args.json:
-        print(json.dumps(result, indent=1))
-    else:
-        print(datapath.table(result), end="")
-        print(f"written: {out} (per row: {out.with_suffix('')}/<scenario>/)")
-    return 0 if result["ok"] else 1
+    return _finish(args, result, out, datapath.table,
+                   f" (per row: {out.with_suffix('')}/<scenario>/)")
 
 
 def _turnaround(args) -> int:
     from ..bench import turnaround
 
     result = turnaround.run(args.cold, not args.no_demo, _log)
-    out = args.out or turnaround.default_output()
+    return _finish(args, result, args.out or turnaround.default_output(), turnaround.table)
+
+
+def _finish(args, result: dict, out: Path, table, note: str = "") -> int:
+    """Write RESULT as JSON to OUT, print the table (or the JSON); status 1 unless ok."""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     if args.json:
         print(json.dumps(result, indent=1))
     else:
-        print(turnaround.table(result), end="")
-        print(f"written: {out}")
+        print(table(result), end="")
+        print(f"written: {out}{note}")
     return 0 if result["ok"] else 1
