@@ -2,6 +2,9 @@
 
 What a developer waits for, step by step:
 
+Point ``HASHLAB_CACHE`` at another cache to read its history and time its entries (e.g.
+the empty cache a cold ``scripts/demo`` filled).
+
 * **builds**: per artefact (lab kernel, stock control kernel, patched QEMU, guest image),
   the build of the current cache entry and, from ``<cache>/history.jsonl``, the slowest
   build on record (cold: ccache misses) and the latest warm one; with ``--cold`` a cold
@@ -191,7 +194,9 @@ def _s(v) -> str:
     return f"{v:.1f}s" if v < 120 else f"{int(v) // 60}m{int(v) % 60:02d}s"
 
 
-def _cc(c: dict | None) -> str:
+def _cc(c: dict | None, kind: str = "") -> str:
+    if kind == "guest":  # packs files, compiles nothing
+        return ""
     return f"ccache {c['hit']} hit / {c['miss']} miss" if c else "ccache: not recorded"
 
 
@@ -202,14 +207,14 @@ def table(result: dict) -> str:
         cold = result.get("cold_builds", {}).get(name)
         if cold:
             rows.append((f"{name}: cold build (measured now)", _s(cold["seconds"]),
-                         _cc(cold.get("ccache"))))
+                         _cc(cold.get("ccache"), kind)))
         r = rec.get(kind)
         if r and r["slowest"]:
             rows.append((f"{name}: slowest build on record", _s(r["slowest"]["build_seconds"]),
-                         _cc(r["slowest"].get("ccache"))))
+                         _cc(r["slowest"].get("ccache"), kind)))
             if r["latest"] is not r["slowest"] and r["latest"] != r["slowest"]:
                 rows.append((f"{name}: latest build", _s(r["latest"]["build_seconds"]),
-                             _cc(r["latest"].get("ccache"))))
+                             _cc(r["latest"].get("ccache"), kind)))
         h = result.get("cache_hits", {}).get(name)
         if h:
             rows.append((f"{name}: {'built now' if h['built_now'] else 'cache hit'}",
