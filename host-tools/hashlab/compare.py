@@ -449,7 +449,10 @@ def render_types(rows: list[RowResult]) -> str:
         cells = [t]
         for r in ran:
             b = r.spec["by_type"].get(t)
-            cells.append("—" if not b else f"{b['hash_right']}/{b['seen']}")
+            if b and not r.spec.get("check_hash"):  # nothing to judge: no hash reaches the guest
+                cells.append("n/a")
+            else:
+                cells.append("—" if not b else f"{b['hash_right']}/{b['seen']}")
         body.append(cells)
     cells = ["(queues right)"]
     for r in ran:

@@ -271,6 +271,12 @@ def test_table_rendering(frames):
     assert types.splitlines()[0].split()[-1] == "lab-patched-vhost"
     assert "(queues right)" in types
     assert C.render_types([rows[1]]) == "(no row ran)"
+    # a row whose guest gets no hash at all has nothing to count per type
+    import dataclasses
+    nohash = dataclasses.replace(rows[0], id="nohash", spec={**rows[0].spec, "check_hash": False})
+    lines = C.render_types([rows[0], nohash]).splitlines()
+    assert all(ln.split()[-1] == "n/a" for ln in lines[1:-1]), lines
+    assert "/" in lines[1].split()[-2] and "/" in lines[-1].split()[-1]
 
 
 def test_reports(tmp_path, frames):
