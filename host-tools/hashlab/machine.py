@@ -123,6 +123,9 @@ class MachineConfig:
     pass_fds: tuple[int, ...] = ()  # fds the extra args refer to (tap queues)
     log_path: Path | None = None
     boot_timeout: float = 120.0  # at idle; scaled by load_factor()
+    # A boot whose console stays quiet this long (at idle; scaled) has stalled: nested
+    # KVM under TCG now and then stops a guest mid-boot for good.  None: only boot_timeout.
+    boot_stall_timeout: float | None = None
     command_timeout: float = 60.0
     shutdown_timeout: float = 30.0
     pvpanic: bool = True
@@ -249,7 +252,8 @@ class Machine:
             raise self._err(QemuStartError, f"QMP connect failed: {e!r}") from e
         self._tasks.append(asyncio.create_task(self._qmp_events(), name="qmp-events"))
         await self._race(self._ready.wait(), self._timeout(c.boot_timeout), "agent ready",
-                         on_exit=QemuStartError)
+                         on_exit=QemuStartError,
+                         stall=self._timeout(c.boot_stall_timeout) if c.boot_stall_timeout else None)
         self._log(f"guest ready: {self.ready_info}")
 
     async def _reap(self, timeout: float) -> None:
@@ -257,17 +261,26 @@ class Machine:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.proc.wait(), timeout)
 
+    async def _stalled(self, quiet_for: float) -> None:
+        """Return once the console has been quiet for QUIET_FOR seconds."""
+        while (left := self.last_progress + quiet_for - time.monotonic()) > 0:
+            await asyncio.sleep(min(left + 0.05, 1.0))
+
     async def _race(self, coro, timeout: float, what: str, on_exit=QemuExited,
-                    on_timeout=GuestHang) -> Any:
-        """Await CORO unless the guest panics, QEMU exits or TIMEOUT passes first."""
+                    on_timeout=GuestHang, stall: float | None = None) -> Any:
+        """Await CORO unless the guest panics, QEMU exits, TIMEOUT passes or (with STALL)
+        the console stays quiet for STALL seconds first."""
         main = asyncio.ensure_future(coro)
         exit_t = asyncio.ensure_future(self.proc.wait())
         panic_t = asyncio.ensure_future(self._panicked.wait())
+        watchers = [exit_t, panic_t]
+        if stall:
+            watchers.append(asyncio.ensure_future(self._stalled(stall)))
         try:
-            done, _ = await asyncio.wait({main, exit_t, panic_t}, timeout=timeout,
+            done, _ = await asyncio.wait({main, *watchers}, timeout=timeout,
                                          return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for t in (exit_t, panic_t):
+            for t in watchers:
                 t.cancel()
         if main in done:
             return main.result()
@@ -285,6 +298,9 @@ class Machine:
             raise self._err(on_exit, f"QEMU exited with status {self.proc.returncode} "
                                      f"while waiting for {what}")
         quiet = time.monotonic() - self.last_progress
+        if stall and quiet >= stall:
+            raise self._err(on_timeout, f"no {what}: stalled, console quiet for {quiet:.0f}s "
+                                        f"(limit {stall:.0f}s)")
         raise self._err(on_timeout, f"no {what} within {timeout:.0f}s "
                                     f"(load factor {load_factor():.1f}; console quiet for {quiet:.0f}s)")
 

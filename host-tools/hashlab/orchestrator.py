@@ -45,6 +45,10 @@ NIC_ID = "nic0"
 # Linux guest's perf MSR writes only add VM exits to a nested setup that is fragile
 # enough as it is.
 KVM_CPU = "host,pmu=off"
+# Under nested KVM a guest boots in 4-10 s, printing all along; a boot that stops
+# printing for this long has stalled for good (seen: twice in a row at the same line):
+# give up on it and boot again instead of waiting out the whole boot timeout.
+BOOT_STALL = 45.0
 
 
 @dataclass
@@ -404,6 +408,7 @@ async def _run(sc: Scenario, out: Path, kernel: str | None, echo, t0: float,
                 cpu=KVM_CPU if dp["accel"] == "kvm" else "max",
                 extra_args=device_args(sc, tap, mac), pass_fds=tuple(tap.fds),
                 log_path=out / "qemu.log", boot_timeout=sc.timeouts["boot"],
+                boot_stall_timeout=BOOT_STALL if dp["accel"] == "kvm" else None,
                 command_timeout=sc.timeouts["command"], shutdown_timeout=sc.timeouts["shutdown"])
 
         echo(f"hashlab: booting {sc.name} (QEMU {dp['qemu']} {dp['qemu_version']}, "

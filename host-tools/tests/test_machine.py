@@ -102,6 +102,19 @@ async def test_boot_timeout_is_guest_hang(image, tmp_path, monkeypatch):
     assert_gone(m.proc.pid)
 
 
+async def test_stalled_boot_is_guest_hang_long_before_the_boot_timeout(image, tmp_path,
+                                                                        monkeypatch):
+    # -S: QEMU starts with the vCPUs stopped, so the console never says a word.
+    monkeypatch.setattr("hashlab.machine.load_factor", lambda: 1.0)
+    m = Machine(cfg(image, tmp_path, boot_timeout=120, boot_stall_timeout=2,
+                    extra_args=["-S"]))
+    with pytest.raises(GuestHang, match="stalled, console quiet") as ei:
+        async with m:
+            pass
+    assert_carries_context(ei.value, tmp_path / "vm.log")
+    assert_gone(m.proc.pid)
+
+
 async def test_agent_timeout_is_guest_hang_and_cleanup_kills(image, tmp_path, monkeypatch):
     async with Machine(cfg(image, tmp_path)) as vm:
         pid = vm.proc.pid
