@@ -186,3 +186,14 @@ def test_blast_writes_every_frame_unpaced_to_a_real_tap():
         # our queue fd reads them back behind a 10-byte virtio_net_hdr, cycled in order
         assert [g[10:] for g in got] == [frames[i % 5] for i in range(23)]
         assert tap.stats()["tx_dropped"] == 0
+
+
+def test_a_row_lost_to_the_vm_is_run_again_but_wrong_hashes_are_not(tmp_path):
+    p = tmp_path / "results.json"
+    assert bd._vm_lost(p) == "no results.json"
+    p.write_text(json.dumps({"error": {"type": "GuestHang", "message": "no agent reply\nmore"}}))
+    assert bd._vm_lost(p) == "GuestHang: no agent reply"
+    p.write_text(json.dumps(_results("bench-software", 10.0, wrong=3, ok=False)))
+    assert bd._vm_lost(p) is None  # a result, even a failing one, is reported as it is
+    p.write_text(json.dumps({"error": {"type": "UsageError", "message": "bad"}}))
+    assert bd._vm_lost(p) is None

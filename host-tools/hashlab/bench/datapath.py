@@ -47,6 +47,24 @@ class BenchError(HashlabError):
     exit_status = 1
 
 
+# A row that ended with one of these lost its guest (nested KVM under TCG), not its
+# hashes: it is run again in a fresh lab VM boot.
+VM_ERRORS = ("GuestHang", "QemuExited", "QemuStartError")
+
+
+def _vm_lost(results: Path) -> str | None:
+    """Why the row's run was lost to the VM (None: it has a result to report)."""
+    if not results.is_file():
+        return "no results.json"
+    try:
+        err = json.loads(results.read_text()).get("error") or {}
+    except ValueError:
+        return "unreadable results.json"
+    if err.get("type") in VM_ERRORS:
+        return f"{err['type']}: {str(err.get('message', '')).splitlines()[0][:160]}"
+    return None
+
+
 def scenario_paths() -> list[Path]:
     return [SCENARIOS_DIR / f"{name}.yaml" for name, _ in ROWS]
 
@@ -191,14 +209,16 @@ def table(result: dict) -> str:
 
 
 def run(frames: int | None, rounds: int | None, rate: int | None, out_dir: Path,
-        timeout: float, log=print, attempts: int = 2) -> dict:
+        timeout: float, log=print, attempts: int = 3) -> dict:
     """Run the rows, each in its own lab VM boot; returns the summarized result.
 
     One boot per row: the lab kernel runs under TCG's emulated SVM, which now and then
     crashes the lab kernel itself under sustained guest traffic (stock QEMU with vhost=off
     at 12k fps: a page fault storm right after a VM exit, in the lab kernel's KVM vCPU
-    thread).  A row whose lab VM dies is booted again, up to ATTEMPTS times in all, and
-    every lost boot is listed in the row (``lab_failures``)."""
+    thread), and hangs or resets nested guests now and then.  A row whose lab VM dies, or
+    whose guest is lost twice within one boot (the orchestrator retries once), is booted
+    again, up to ATTEMPTS times in all; every lost boot is listed (``lab_failures``).
+    Wrong hashes are never retried."""
     from .. import datapath
     from ..scenario import load_scenario
 
@@ -231,10 +251,11 @@ def run(frames: int | None, rounds: int | None, rate: int | None, out_dir: Path,
             lab_seconds += res.seconds
             log(f"bench: {name}: lab VM done in {res.seconds:.0f}s, status {res.status}; "
                 f"console log {res.log}")
-            if results.is_file():
+            lost = _vm_lost(results)
+            if lost is None:
                 break
-            failures.append({"attempt": attempt, "error": f"status {res.status}, no results",
-                             "log": str(res.log)})
+            failures.append({"attempt": attempt, "error": lost, "log": str(res.log)})
+            log(f"bench: {name}: {lost}")
         doc = json.loads(results.read_text()) if results.is_file() else None
         row = row_from_results(name, label, doc)
         row["lab_failures"] = failures
