@@ -124,6 +124,10 @@ def test_datapath_wrong_records_or_missing_rows_fail_the_bench():
     rows[1] = bd.row_from_results("bench-ebpf-tap", "x", None)
     res = bd.summarize(rows)
     assert not res["ok"] and "did not run" in bd.table(res)
+    rows[1] = bd.row_from_results("bench-ebpf-tap", "x", {
+        "ok": False, "error": {"type": "GuestHang", "message": "hung\n  qemu: ...\n  log"}})
+    text = bd.table(bd.summarize(rows))
+    assert "did not run: GuestHang: hung" in text and "qemu: ..." not in text
 
 
 def test_build_history_and_recorded_builds(tmp_path):

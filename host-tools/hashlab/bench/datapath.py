@@ -165,7 +165,8 @@ def table(result: dict) -> str:
     lines_ = []
     for r in result["rows"]:
         if not r.get("ran"):
-            lines_.append([r["datapath"]] + ["-"] * 10 + [f"did not run: {r.get('error', '?')}"])
+            why = (r.get("error") or "?").splitlines()[0][:100]
+            lines_.append([r["datapath"]] + ["-"] * 10 + [f"did not run: {why}"])
             continue
         c = r["cpu_us_per_frame"]
         lines_.append([
