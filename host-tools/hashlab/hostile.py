@@ -114,7 +114,8 @@ def eth(ethertype: int, tags: Sequence[int] = ()) -> bytes:
     return out + _pack("!H", ethertype)
 
 
-def _csum(data: bytes) -> int:
+def ip_checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071) of DATA."""
     if len(data) % 2:
         data += b"\0"
     s = sum(struct.unpack(f"!{len(data) // 2}H", data))
@@ -133,7 +134,7 @@ def ipv4(proto: int, payload: bytes, *, ihl: int | None = None, options: bytes =
         total = 20 + len(options) + len(payload)
     hdr = _pack("!BBHHHBBH4s4s", (version << 4) | ihl, 0, total & 0xFFFF, 0x4242, frag, 64, proto,
                 0, src, dst) + options
-    hdr = hdr[:10] + _pack("!H", _csum(hdr[:20])) + hdr[12:]
+    hdr = hdr[:10] + _pack("!H", ip_checksum(hdr[:20])) + hdr[12:]
     return hdr + payload
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .errors import HashlabError
+from .hostile import ip_checksum
 
 TUNSETIFF = 0x400454CA
 TUNSETPERSIST = 0x400454CB
@@ -239,15 +240,6 @@ class Tap:
             s.close()
 
 
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
 def filler_frames(lengths: Iterable[int], dst_mac: str, src_mac: str = "02:68:6c:61:62:02",
                   seed: int = 1) -> list[bytes]:
     """IPv4/UDP frames of the given lengths, one flow each (varying ports), for
@@ -267,6 +259,6 @@ def filler_frames(lengths: Iterable[int], dst_mac: str, src_mac: str = "02:68:6c
         ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), rng.randrange(65536), 0, 64,
                          17, 0, bytes([10, 99, rng.randrange(256), rng.randrange(1, 255)]),
                          bytes([10, 98, 0, 1]))
-        ip = ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:]
+        ip = ip[:10] + struct.pack("!H", ip_checksum(ip)) + ip[12:]
         out.append(dst + src + b"\x08\x00" + ip + udp)
     return out
