@@ -25,7 +25,6 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from .errors import HashlabError, MissingToolError
 
@@ -173,6 +172,9 @@ class Libbpf:
             "bpf_map__value_size": (ctypes.c_uint32, [vp]),
             "bpf_map_update_elem": (ci, [ci, vp, vp, ctypes.c_uint64]),
             "bpf_map_lookup_elem": (ci, [ci, vp, vp]),
+            "bpf_map_get_next_id": (ci, [ctypes.c_uint32, ctypes.POINTER(ctypes.c_uint32)]),
+            "bpf_map_get_fd_by_id": (ci, [ctypes.c_uint32]),
+            "bpf_map_get_info_by_fd": (ci, [ci, vp, ctypes.POINTER(ctypes.c_uint32)]),
             "bpf_prog_test_run_opts": (ci, [ci, ctypes.POINTER(_TestRunOpts)]),
             "libbpf_set_print": (vp, [_PRINT_FN]),
             "libbpf_major_version": (ctypes.c_uint32, []),
@@ -310,12 +312,59 @@ class Map:
         if self.obj.lib.lib.bpf_map_update_elem(self.fd, k, v, flags):
             raise BpfError(f"update {self.name}[{key!r}]", ctypes.get_errno())
 
-    def lookup(self, key: int | bytes, value_size: int) -> bytes:
-        k = ctypes.create_string_buffer(self._key(key))
-        v = ctypes.create_string_buffer(value_size)
-        if self.obj.lib.lib.bpf_map_lookup_elem(self.fd, k, v):
-            raise BpfError(f"lookup {self.name}[{key!r}]", ctypes.get_errno())
-        return v.raw
+
+class _MapInfo(ctypes.Structure):
+    """The head of ``struct bpf_map_info`` (the kernel fills what fits)."""
+
+    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32),
+                ("key_size", ctypes.c_uint32), ("value_size", ctypes.c_uint32),
+                ("max_entries", ctypes.c_uint32), ("map_flags", ctypes.c_uint32),
+                ("name", ctypes.c_char * 16)]
+
+
+@dataclass
+class KernelMap:
+    """A map loaded in the kernel by any process (found by id, as bpftool does)."""
+
+    id: int
+    name: str
+    key_size: int
+    value_size: int
+
+    def lookup(self, key: int | bytes, lib: Libbpf | None = None) -> bytes:
+        lib = lib or Libbpf.get()
+        fd = lib.lib.bpf_map_get_fd_by_id(self.id)
+        if fd < 0:
+            raise BpfError(f"map id {self.id}", ctypes.get_errno())
+        try:
+            k = ctypes.create_string_buffer(Map._key(key), self.key_size)
+            v = ctypes.create_string_buffer(self.value_size)
+            if lib.lib.bpf_map_lookup_elem(fd, k, v):
+                raise BpfError(f"lookup {self.name}[{key!r}]", ctypes.get_errno())
+            return v.raw
+        finally:
+            os.close(fd)
+
+
+def kernel_maps(name_prefix: str = "", lib: Libbpf | None = None) -> list[KernelMap]:
+    """Every BPF map in the kernel whose (15-character) name starts with NAME_PREFIX."""
+    lib = lib or Libbpf.get()
+    out, cur, nxt = [], 0, ctypes.c_uint32()
+    while lib.lib.bpf_map_get_next_id(cur, ctypes.byref(nxt)) == 0:
+        cur = nxt.value
+        fd = lib.lib.bpf_map_get_fd_by_id(cur)
+        if fd < 0:
+            continue  # gone meanwhile
+        try:
+            info, n = _MapInfo(), ctypes.c_uint32(ctypes.sizeof(_MapInfo))
+            if lib.lib.bpf_map_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(n)):
+                continue
+        finally:
+            os.close(fd)
+        name = info.name.decode(errors="replace")
+        if name.startswith(name_prefix[:15]):
+            out.append(KernelMap(info.id, name, info.key_size, info.value_size))
+    return out
 
 
 class BpfObject:

@@ -115,18 +115,6 @@ class GuestState:
         return {name: bit in self.features for bit, name in FEATURE_NAMES.items()}
 
 
-def device_hash_types(initial: GuestState, final: GuestState) -> int:
-    """The hash types the device was last told, by the driver's rules (Linux 6.12).
-
-    Probe commits the default types.  ``ethtool -N`` commits only while rxhash is on;
-    turning rxhash on commits the saved types, turning it off commits none (0).  So with
-    rxhash off at the end: 0 if it was on at boot (toggled off), else the boot-time types.
-    """
-    if final.rxhash:
-        return final.hash_types
-    return 0 if initial.rxhash else initial.hash_types
-
-
 def apply_flow(saved: int, flow: str, fields: str) -> int:
     """The driver's saved hash types after ``ethtool -N X rx-flow-hash FLOW FIELDS``
     (virtnet_set_hashflow: 'sd' keeps only the address type, 'sdfn' adds the 4-tuple)."""

@@ -8,7 +8,6 @@ report links the SVG files; the HTML report inlines them.
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 
 from . import compare as C
@@ -171,7 +170,3 @@ def write_reports(rows: list[C.RowResult], meta: dict, out: Path) -> list[Path]:
     ht.write_text(html_report(rows, meta, svg_text))
     return [md, ht]
 
-
-def from_json(path: Path, out: Path) -> list[Path]:
-    doc = json.loads(Path(path).read_text())
-    return write_reports(C.rows_from_json(doc), doc.get("meta", {}), out)

@@ -59,9 +59,6 @@ class Asm:
     def mov64(self, dst: int, imm: int):
         return self._ins(0xB7, dst, imm=imm)
 
-    def mov32(self, dst: int, imm: int):
-        return self._ins(0xB4, dst, imm=imm)
-
     def mov64_reg(self, dst: int, src: int):
         return self._ins(0xBF, dst, src)
 

@@ -34,7 +34,7 @@ from typing import Any
 
 from qemu.qmp import QMPClient
 
-from .errors import HashlabError
+from .errors import Exit, HashlabError
 from .paths import results_root
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def load_factor() -> float:
 class MachineError(HashlabError):
     """A VM failure; names the QEMU command line and the (kept) log."""
 
-    exit_status = 4
+    exit_status = Exit.VM_DIED
     what = "failed"
 
     def __init__(self, detail: str, cmdline: list[str], log_path: Path, tail: str = ""):
@@ -77,19 +77,19 @@ class QemuExited(MachineError):
 
 
 class GuestPanic(MachineError):
-    exit_status = 5
+    exit_status = Exit.PANIC
     what = "guest kernel panicked"
 
 
 class GuestHang(MachineError):
-    exit_status = 6
+    exit_status = Exit.HANG
     what = "guest hung"
 
 
 class AgentError(HashlabError):
     """The agent answered, but the command failed."""
 
-    exit_status = 4
+    exit_status = Exit.ERROR
 
 
 @dataclass

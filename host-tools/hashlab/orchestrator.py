@@ -31,7 +31,7 @@ from pathlib import Path
 
 from . import datapath
 from . import guest as guestmod
-from . import load, packets, report, rss
+from . import load, packets, report, retries, rss
 from .build.guest import build_guest
 from .errors import HashlabError
 from .machine import (GuestHang, Machine, MachineConfig, MachineError, QemuExited,
@@ -281,6 +281,7 @@ async def run_scenario(sc: Scenario, out_dir: Path | None = None, kernel: str | 
             failures.append({"attempt": attempt, "error": f"{type(e).__name__}: {first}",
                              "log": str(kept)})
             echo(f"hashlab: {sc.name}: run {attempt} failed ({first[:120]}); running it again")
+            retries.record("run", f"{sc.name}: {type(e).__name__}: {first}")
             continue
         return res
     raise AssertionError("unreachable")
@@ -366,6 +367,7 @@ async def boot(cfg, attempts: int, echo, info: dict, before_retry=None):
             first = str(e).splitlines()[0]
             info["boot_failures"].append({"attempt": attempt, "error": first, "log": str(kept)})
             echo(f"hashlab: boot attempt {attempt} failed ({first[:120]}); retrying")
+            retries.record("boot", first)
         except BaseException:
             await vm.close(graceful=False)
             raise

@@ -43,7 +43,7 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from .errors import HashlabError
+from .errors import Exit, HashlabError
 
 __all__ = [
     "HOST_QEMU",
@@ -91,7 +91,7 @@ def die_with_parent() -> None:
 class QtestError(HashlabError):
     """A qtest failure; names the QEMU command line and its log."""
 
-    exit_status = 4
+    exit_status = Exit.VM_DIED
 
     def __init__(self, detail: str, cmdline: Sequence[str] = (), log_path: Path | None = None,
                  tail: str = ""):
@@ -303,10 +303,6 @@ class QtestMachine:
         if self._own_log_dir and not self._failed:
             shutil.rmtree(self.log_dir, ignore_errors=True)
 
-    def keep_log(self) -> None:
-        """Keep the log directory after :meth:`close` (for a failure found by the caller)."""
-        self._failed = True
-
     # ------------------------------------------------------------------ protocol
 
     def _readline(self, sock: socket.socket, buf_attr: str, timeout: float) -> bytes:
@@ -382,10 +378,6 @@ class QtestMachine:
         self._need_qtest_accel("clock_step")
         return int(self.command("clock_step" if ns is None else f"clock_step {int(ns)}"))
 
-    def clock_set(self, ns: int) -> int:
-        self._need_qtest_accel("clock_set")
-        return int(self.command(f"clock_set {int(ns)}"))
-
     # ---- port I/O
 
     def outb(self, port: int, value: int) -> None:
@@ -458,20 +450,6 @@ class QtestMachine:
 
     def memset(self, addr: int, length: int, pattern: int = 0) -> None:
         self.command(f"memset {addr:#x} {length:#x} {pattern & 0xFF:#x}")
-
-    # ---- IRQs
-
-    def irq_intercept_in(self, qom_path: str) -> None:
-        """Intercept the named device's GPIO inputs (e.g. ``ioapic``); see ``irq_events``."""
-        self.command(f"irq_intercept_in {qom_path}")
-
-    def irq_intercept_out(self, qom_path: str) -> None:
-        self.command(f"irq_intercept_out {qom_path}")
-
-    def get_irq(self, num: int) -> bool:
-        """The last level seen for intercepted line ``num`` (polls QEMU first)."""
-        self.endianness()  # a round-trip flushes pending IRQ lines
-        return self.irq_level.get(num, False)
 
     # ------------------------------------------------------------------ QMP
 

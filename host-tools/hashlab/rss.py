@@ -1,8 +1,9 @@
 """The spec oracle: virtio-net RSS / hash report, in pure Python (no I/O).
 
 What a virtio-net device *should* report for a received Ethernet frame: the Toeplitz
-hash, the hash report type, and the RSS queue.  Follows virtio 1.3 §5.1.6.4.3 (see
-``/work/shared/reference/virtio-net-hash.md`` §1, §2) and can also model the two QEMU
+hash, the hash report type, and the RSS queue.  Follows virtio 1.3 §5.1.6.4.3 ("Hash
+calculation for incoming packets" and hash reporting, in the spec source's
+device-types/net/description.tex), and can also model the two QEMU
 implementations exactly, parser included (``behaviour=``, see :func:`hash_packet`):
 
 * ``"spec"``: the virtio rules over :func:`parse_frame`'s parsing (the "truncated /

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Iterable
 
-from .errors import HashlabError
+from .errors import Exit, HashlabError
 from .hostile import ip_checksum
 
 TUNSETIFF = 0x400454CA
@@ -42,7 +42,7 @@ _counter = itertools.count()
 
 
 class TapError(HashlabError):
-    exit_status = 3
+    exit_status = Exit.NETDEV
 
 
 def default_name() -> str:

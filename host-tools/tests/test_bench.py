@@ -185,10 +185,7 @@ def test_bench_classes_are_what_they_say():
 def test_floor_binary_hashes_like_the_oracle():
     from hashlab.bench import tools
 
-    try:
-        exe = tools.floor_binary()
-    except Exception as e:  # no compiler: nothing to check here
-        pytest.skip(str(e))
+    exe = tools.floor_binary()  # scripts/setup installs the compiler: a failure is ours
     data = bytes(range(36))
     out = subprocess.run([str(exe), rss.MS_KEY.hex(), data.hex(), "10", "1"], capture_output=True,
                          text=True, check=True).stdout.split()

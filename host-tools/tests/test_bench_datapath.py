@@ -14,7 +14,6 @@ from hashlab.bench import datapath as bd
 from hashlab.bench import turnaround as bt
 from hashlab.errors import UsageError
 from hashlab.scenario import load_scenario, parse_scenario
-from hashlab.paths import SCENARIOS_DIR
 
 
 def _sent(n=3, known_id=None):

@@ -102,10 +102,6 @@ class ProgramBug:
     wrong: Callable[[Config], tuple[int, int, int]]  # the program's (wrong) answer
 
 
-def _no_hash(cfg: Config) -> tuple[int, int, int]:
-    return 0, 0, cfg.default_queue
-
-
 PROGRAM_BUGS: dict[str, ProgramBug] = {}
 """Pinned program bugs by name (none once qemu/patches is fixed)."""
 

@@ -15,9 +15,6 @@ import struct
 from .. import rss
 
 INPUT_MAX = 36
-LAYOUTS = {"byte": (INPUT_MAX, 256), "nibble": (2 * INPUT_MAX, 16)}
-
-
 def window(key: bytes, bit: int) -> int:
     """The 32-bit window of ``key`` starting at key bit ``bit`` (MSB of byte 0 = 0)."""
     k = int.from_bytes(key, "big")

@@ -52,9 +52,6 @@ class GuestImage:
     modules: tuple[str, ...]
     key: str
 
-    def manifest(self) -> dict:
-        return json.loads((self.initrd.parent / "manifest.json").read_text())
-
 
 # --------------------------------------------------------------------------- Debian kernel
 

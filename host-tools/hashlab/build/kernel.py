@@ -38,7 +38,7 @@ from pathlib import Path
 from ..cache import CacheEntry, InputKey
 from . import steps
 from .steps import run_step
-from ..errors import HashlabError, MissingToolError
+from ..errors import BuildError, MissingToolError
 from ..paths import KERNEL_DIR, cache_root, versions
 
 # Bump when the recipe (steps, make variables, layout of the entry) changes.
@@ -57,10 +57,8 @@ KBUILD_ENV = {
 }
 
 
-class KernelBuildError(HashlabError):
+class KernelBuildError(BuildError):
     """A step of the kernel build failed; the message names the step and the log."""
-
-    exit_status = 1
 
 
 def log(msg: str) -> None:

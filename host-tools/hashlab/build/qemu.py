@@ -52,7 +52,7 @@ from pathlib import Path
 from ..cache import CacheEntry, InputKey, record_build
 from . import steps
 from .steps import run_step
-from ..errors import HashlabError, MissingToolError
+from ..errors import BuildError, HashlabError, MissingToolError
 from ..paths import QEMU_DIR, cache_root, versions
 
 RECIPE_VERSION = "qemu-recipe-1"
@@ -94,8 +94,8 @@ _UAPI_SKB_NEW = ("\t__u64 hwtstamp;\n\n\t__u32 vnet_hash_value;\n\t__u16 vnet_ha
                  "\t__u16 vnet_rss_queue;\n};")
 
 
-class QemuBuildError(HashlabError):
-    exit_status = 1
+class QemuBuildError(BuildError):
+    pass
 
 
 def log(msg: str) -> None:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import sys
 from pathlib import Path
+
+from ..errors import Exit
 
 
 def register(sub):
@@ -21,7 +25,8 @@ def register(sub):
         "table, and against the row's own model for its verdict.  Rows that cannot run say "
         "why.  Writes OUT/compare.json, OUT/report.md and OUT/report.html (per-queue "
         "distribution plots) and each row's results under OUT/<row>/.  Exit status 1 when a "
-        f"row that ran did not behave as expected.  Rows: {rows_help}.",
+        "row that ran did not behave as expected or failed to run; with --require-all, 11 "
+        f"when a row did not run (not built, not supported here).  Rows: {rows_help}.",
     )
     p.add_argument("--rows", default="all",
                    help="all (default), host, lab, or a comma-separated list of row ids")
@@ -31,18 +36,16 @@ def register(sub):
     p.add_argument("--guest-kernel", default=None,
                    help="guest kernel of the lab rows (debian, lab, ...; default: the base "
                    "scenario's)")
+    p.add_argument("--require-all", action=argparse.BooleanOptionalAction,
+                   default=bool(os.environ.get("CI")),
+                   help="fail (exit 11) when a row asked for did not run (default: on when "
+                   "the environment has CI set; scripts/demo turns it on)")
     p.add_argument("--no-lab", action="store_true", help="do not boot the lab VM")
     p.add_argument("--lab-timeout", type=float, default=2400,
                    help="seconds for the lab VM at idle (scaled by load; default 2400)")
     p.add_argument("--no-report", action="store_true", help="no report.md / report.html")
-    p.add_argument("--quiet-table", action="store_true", help=argparse_suppress())
+    p.add_argument("--quiet-table", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=_run)
-
-
-def argparse_suppress():
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 def _run(args) -> int:
@@ -78,4 +81,12 @@ def _run(args) -> int:
             paths = write_reports(results, meta, out)
             print("report: " + ", ".join(str(p) for p in paths) + f"; JSON: {json_path}")
     bad = [r for r in results if r.status == C.ERROR or (r.status == C.RAN and not r.ok)]
-    return 1 if bad else 0
+    if bad:
+        return Exit.FAILED
+    not_run = [r for r in results if r.status != C.RAN]
+    if not_run and args.require_all:
+        for r in not_run:
+            print(f"hashlab compare: {r.id} did not run ({r.status}): {r.reason}",
+                  file=sys.stderr)
+        return Exit.NOT_RUN
+    return Exit.OK

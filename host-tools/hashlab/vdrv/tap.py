@@ -18,7 +18,7 @@ import struct
 import subprocess
 from pathlib import Path
 
-from ..errors import HashlabError
+from ..errors import Exit, HashlabError
 
 TUNSETIFF = 0x400454CA
 TUNSETPERSIST = 0x400454CB
@@ -32,7 +32,7 @@ IFF_UP = 0x1
 
 
 class TapError(HashlabError):
-    exit_status = 3
+    exit_status = Exit.NETDEV
 
 
 def _ifreq(name: str, flags: int) -> bytes:
