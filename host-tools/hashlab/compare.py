@@ -39,7 +39,7 @@ import yaml
 
 from . import datapath, report, rss
 from .errors import HashlabError, MissingToolError, UsageError
-from .paths import REPO, SCENARIOS_DIR
+from .paths import SCENARIOS_DIR
 
 DEFAULT_BASE = SCENARIOS_DIR / "software-rss.yaml"
 
@@ -483,9 +483,9 @@ def render_notes(rows: list[RowResult]) -> str:
 
 def lab_argv(rows: list[Row], json_out: Path, out: Path, base: Path,
              guest_kernel: str | None) -> list[str]:
-    argv = [str(REPO / ".venv" / "bin" / "hashlab"), "compare", "--rows",
-            ",".join(r.id for r in rows), "--json", str(json_out), "--out", str(out),
-            "--base", str(base), "--quiet-table"]
+    argv = datapath.hashlab_argv("compare", "--rows", ",".join(r.id for r in rows),
+                                 "--json", str(json_out), "--out", str(out),
+                                 "--base", str(base), "--quiet-table")
     if guest_kernel:
         argv += ["--guest-kernel", guest_kernel]
     return argv
@@ -507,7 +507,8 @@ def _lab_part(runnable: list[Row], stock: bool, out: Path, base: dict, base_path
     echo(f"hashlab compare: booting the lab VM{' (stock kernel, no series)' if stock else ''}"
          f" for {len(runnable)} row(s): {', '.join(r.id for r in runnable)}")
     try:
-        res = datapath.run_in_lab(argv, env, lab_timeout, echo, stock_kernel=stock)
+        res = datapath.run_in_lab(argv, env, lab_timeout, echo, stock_kernel=stock,
+                                  writes=[out], reads=[base_path], expect=[json_out])
         status = f"lab VM done in {res.seconds:.0f}s, status {res.status}"
     except HashlabError as e:
         status = f"lab VM failed: {str(e).splitlines()[0]}"
@@ -529,6 +530,8 @@ def compare(rows: list[Row], out: Path, base_path: Path, guest_kernel: str | Non
     With JSON_PATH the rows run here are written there after each one (so a lab VM that
     runs out of time still reports the rows it finished)."""
     base = load_base(base_path)
+    out = Path(out).resolve()  # the lab VM runs elsewhere (cwd: the checkout)
+    base_path = Path(base_path).resolve()
     out.mkdir(parents=True, exist_ok=True)
     here_lab = datapath.in_lab()
     timings: dict[str, float] = {}

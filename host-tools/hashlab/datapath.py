@@ -218,10 +218,18 @@ def prepare_lab(guest_kernels: set[str], seeds: set[int], out: Path,
     return path, env
 
 
+def hashlab_argv(*args: str) -> list[str]:
+    """The command line that runs ``hashlab ARGS`` in the lab VM with this interpreter's
+    environment (wherever its virtual environment lives: lab.run makes it visible)."""
+    return [sys.executable, "-m", "hashlab", *args]
+
+
 def run_in_lab(argv: list[str], env: dict[str, str], timeout: float, echo=print,
-               stock_kernel: bool = False):
+               stock_kernel: bool = False, writes=(), reads=(), expect=()):
     """Run ARGV in one lab VM boot with the build cache visible; returns lab.LabResult.
     STOCK_KERNEL: boot the control kernel without the series instead of the lab kernel.
+    WRITES, READS, EXPECT: as for ``lab.run`` (what it writes and reads outside the
+    checkout, and the files it must leave on the host).
 
     Never builds the kernel: a lab kernel that is not built is a MissingToolError."""
     from . import lab
@@ -236,7 +244,8 @@ def run_in_lab(argv: list[str], env: dict[str, str], timeout: float, echo=print,
     if kernel is None:
         raise MissingToolError("the lab kernel is not built (scripts/build-kernel)")
     cpus = int(os.environ.get("HASHLAB_LAB_CPUS", LAB_CPUS))
-    res = lab.run(argv, kernel=kernel, timeout=timeout, cwd=REPO, env=env, cpus=cpus)
+    res = lab.run(argv, kernel=kernel, timeout=timeout, cwd=REPO, env=env, cpus=cpus,
+                  writes=writes, reads=reads, expect=expect)
     for o in res.oopses:
         echo(f"hashlab: kernel warning in the lab VM: {o}")
     return res

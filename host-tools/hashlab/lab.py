@@ -20,10 +20,12 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import HashlabError, MissingToolError
+from . import retries
+from .errors import Exit, HashlabError, MissingToolError
 from .paths import REPO, cache_root
 
 # Panics, oopses and warnings as the kernel prints them on the console.
@@ -43,7 +45,7 @@ STATUS_RE = re.compile(STATUS_MARK + r"(\d+)$")
 class LabError(HashlabError):
     """The lab VM did not run the command to completion; carries the console log path."""
 
-    exit_status = 4
+    exit_status = Exit.VM_DIED
 
     def __init__(self, what: str, log: Path, cmdline: list[str]):
         self.log = log
@@ -52,11 +54,17 @@ class LabError(HashlabError):
 
 
 class LabPanic(LabError):
-    exit_status = 5
+    exit_status = Exit.PANIC
 
 
 class LabHang(LabError):
-    exit_status = 6
+    exit_status = Exit.HANG
+
+
+class LabOutputLost(LabError):
+    """The command exited 0 but an output it was expected to write is not on the host."""
+
+    exit_status = Exit.VM_DIED
 
 
 @dataclass
@@ -101,6 +109,54 @@ def log_dir() -> Path:
     return d
 
 
+def shared_dirs(writes: Sequence[Path] = (), reads: Sequence[Path] = (),
+                cwd: Path | None = None) -> tuple[list[Path], list[Path]]:
+    """The directories to pass to the lab VM read-write and read-only.
+
+    The lab VM sees the host's root read-only over 9p, but with tmpfs over /tmp, /run,
+    /var/cache and more, and anything written outside a shared directory is lost at power
+    off.  WRITES are directories the command writes into (created here first), READS files
+    or directories it reads; the checkout and the build cache are always shared read-write.
+    The command's working directory is shared read-write too: a command run from there
+    expects to write there."""
+    always = [REPO, cache_root()]
+    rw: list[Path] = []
+    for d in (*writes, *([cwd] if cwd else [])):
+        d = Path(d).resolve()
+        if d == Path("/"):
+            continue
+        d.mkdir(parents=True, exist_ok=True)
+        rw.append(d)
+    ro = []
+    for p in reads:
+        p = Path(p).resolve()
+        ro.append(p if p.is_dir() else p.parent)
+    def outside(d: Path, others: list[Path]) -> bool:
+        return not any(d == o or d.is_relative_to(o) for o in others)
+
+    rw = _minimal([d for d in rw if outside(d, always)])
+    ro = _minimal([d for d in ro if outside(d, always + rw) and d != Path("/")])
+    return rw, ro
+
+
+def _minimal(dirs: list[Path]) -> list[Path]:
+    """DIRS without duplicates and without those inside another one of them."""
+    out: list[Path] = []
+    for d in sorted(set(dirs), key=lambda p: len(p.parts)):
+        if not any(d.is_relative_to(o) for o in out):
+            out.append(d)
+    return out
+
+
+FORWARDED_ENV = ("HASHLAB_CACHE", "HASHLAB_RESULTS", retries.ENV, "PYTEST_CURRENT_TEST")
+
+
+def forwarded_env() -> dict[str, str]:
+    """Our environment variables that the lab side must agree on: where things are, and
+    where retries are counted (and for which test)."""
+    return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+
+
 def run(
     command: list[str] | str,
     *,
@@ -108,7 +164,9 @@ def run(
     timeout: float = 600,
     memory: str = "4G",
     cpus: int = 2,
-    rwdirs: list[Path] = (),
+    writes: Sequence[Path] = (),
+    reads: Sequence[Path] = (),
+    expect: Sequence[Path] = (),
     cwd: Path | None = None,
     env: dict[str, str] | None = None,
     verbose: bool = False,
@@ -118,9 +176,12 @@ def run(
     """Boot the lab VM, run ``command`` as root in it, return its exit status.
 
     The command's stdout and stderr (merged) go to our stdout; the kernel console goes
-    to the log (and to our stderr with ``verbose``).  Raises LabPanic when the kernel
-    panics, LabHang when nothing finishes within ``timeout`` x the load factor, and
-    LabError when the VM ends without reporting a status.
+    to the log (and to our stderr with ``verbose``).  WRITES and READS are what the
+    command writes and reads outside the checkout (see ``shared_dirs``); EXPECT are files
+    it must leave on the host when it exits 0.  Raises LabPanic when the kernel panics,
+    LabHang when nothing finishes within ``timeout`` x the load factor, LabOutputLost when
+    an expected file is missing after status 0, and LabError when the VM ends without
+    reporting a status.
     """
     kernel = Path(kernel) if kernel else default_kernel()
     if not kernel.exists():
@@ -131,7 +192,7 @@ def run(
         script = shlex.join(command)
     cwd = Path(cwd or os.getcwd())
     # Tests in the lab boot KVM guests on the same kernel.
-    env = {"HASHLAB_LAB_KERNEL": str(kernel), **(env or {})}
+    env = {"HASHLAB_LAB_KERNEL": str(kernel), **forwarded_env(), **(env or {})}
     if env:
         script = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " " + script
     # The status marker tells "the command exited N" from "the VM died" (vng says 255
@@ -150,8 +211,13 @@ def run(
         # build cache must be passed explicitly, as virtme-ng puts a tmpfs on /var/cache.
         "--rwdir", str(REPO), "--rwdir", str(cache_root()),
     ]
-    for d in rwdirs:
+    retry_log = os.environ.get(retries.ENV)
+    rw, ro = shared_dirs((*writes, *([Path(retry_log).parent] if retry_log else [])),
+                         (*reads, Path(sys.prefix)), cwd)
+    for d in rw:
         argv += ["--rwdir", str(d)]
+    for d in ro:
+        argv += ["--rodir", str(d)]
     for a in (*LAB_KERNEL_ARGS, *append):
         argv += ["--append", a]
     argv += ["--", script]
@@ -215,6 +281,11 @@ def run(
         raise LabPanic("kernel panicked", log, argv)
     if not reported:
         raise LabError(f"ended without the command's status (vng exit {proc.returncode})", log, argv)
+    missing = [Path(p) for p in expect if not Path(p).exists()]
+    if reported[-1] == 0 and missing:
+        raise LabOutputLost(
+            f"wrote {', '.join(map(str, missing))}, which did not reach the host "
+            f"(command exited 0)", log, argv)
     return LabResult(status=reported[-1], log=log, seconds=seconds, oopses=oopses)
 
 

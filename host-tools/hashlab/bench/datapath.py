@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 from pathlib import Path
 
+from .. import retries
 from ..errors import HashlabError
 from ..paths import SCENARIOS_DIR, results_root
 
@@ -227,8 +227,8 @@ def run(frames: int | None, rounds: int | None, rate: int | None, out_dir: Path,
     scs = [load_scenario(p) for p in paths]
     _, env = datapath.prepare_lab({s.guest.kernel for s in scs}, {s.corpus.seed for s in scs},
                                   out_dir, True)
-    argv = [str(Path(sys.executable).parent / "hashlab"), "run", "--here",
-            "--out-parent", str(out_dir.resolve())]
+    out_dir = out_dir.resolve()
+    argv = datapath.hashlab_argv("run", "--here", "--out-parent", str(out_dir))
     if frames is not None:
         argv += ["--load-frames", str(frames)]
     if rounds is not None:
@@ -243,11 +243,13 @@ def run(frames: int | None, rounds: int | None, rate: int | None, out_dir: Path,
             results.unlink(missing_ok=True)  # never read a previous run's results
             log(f"bench: {name}: booting the lab VM (attempt {attempt})")
             try:
-                res = datapath.run_in_lab(argv + [str(path)], env, timeout, log)
+                res = datapath.run_in_lab(argv + [str(path)], env, timeout, log,
+                                          writes=[out_dir / name], reads=[path])
             except HashlabError as e:  # the lab VM panicked, hung or died
                 failures.append({"attempt": attempt, "error": str(e).splitlines()[0],
                                  "log": str(getattr(e, "log", ""))})
                 log(f"bench: {name}: lab VM lost: {failures[-1]['error']}")
+                retries.record("lab", f"{name}: {failures[-1]['error']}")
                 continue
             lab_seconds += res.seconds
             log(f"bench: {name}: lab VM done in {res.seconds:.0f}s, status {res.status}; "
@@ -257,6 +259,7 @@ def run(frames: int | None, rounds: int | None, rate: int | None, out_dir: Path,
                 break
             failures.append({"attempt": attempt, "error": lost, "log": str(res.log)})
             log(f"bench: {name}: {lost}")
+            retries.record("lab", f"{name}: {lost}")
         doc = json.loads(results.read_text()) if results.is_file() else None
         row = row_from_results(name, label, doc)
         row["lab_failures"] = failures

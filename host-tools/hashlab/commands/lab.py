@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from .. import lab
+from ..errors import Exit
 
 
 def register(sub):
@@ -27,6 +29,13 @@ def register(sub):
     p.add_argument("-v", "--verbose", action="store_true", help="show the kernel console")
     p.add_argument("--fail-on-warning", action="store_true",
                    help="exit 7 when the kernel printed a warning, BUG or oops, even if CMD passed")
+    p.add_argument("--rwdir", action="append", default=[], metavar="DIR",
+                   help="a directory CMD writes to (repeatable).  The lab VM sees the host's "
+                   "files read-only, with tmpfs over /tmp and /var/cache: only the checkout, "
+                   "the build cache, the working directory and these keep what CMD writes")
+    p.add_argument("--rodir", action="append", default=[], metavar="DIR",
+                   help="a directory CMD reads that lies under /tmp or another tmpfs of the "
+                   "lab VM (repeatable)")
     p.add_argument("cmd", nargs="+", metavar="CMD")
     p.set_defaults(func=_run)
 
@@ -34,11 +43,12 @@ def register(sub):
 def _run(args) -> int:
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     res = lab.run(cmd, kernel=args.kernel, timeout=args.timeout, memory=args.memory,
-                  cpus=args.cpus, verbose=args.verbose, append=args.append)
+                  cpus=args.cpus, verbose=args.verbose, append=args.append,
+                  writes=[Path(d) for d in args.rwdir], reads=[Path(d) for d in args.rodir])
     for o in res.oopses:
         print(f"hashlab: kernel warning in the lab VM: {o}", file=sys.stderr)
     print(f"hashlab: lab VM done in {res.seconds:.1f}s, status {res.status}, "
           f"{len(res.oopses)} kernel warning(s); console log: {res.log}", file=sys.stderr)
     if res.status == 0 and res.oopses and args.fail_on_warning:
-        return 7
+        return Exit.KERNEL_WARNING
     return res.status

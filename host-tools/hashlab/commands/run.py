@@ -73,20 +73,21 @@ def _run(args) -> int:
         echo = lambda m: print(m, file=sys.stderr, flush=True)
         try:
             kernels = {args.kernel or sc.guest.kernel for _, sc in lab_scs}
-            _, env = datapath.prepare_lab(kernels, {sc.corpus.seed for _, sc in lab_scs},
+            prep, env = datapath.prepare_lab(kernels, {sc.corpus.seed for _, sc in lab_scs},
                                           _prep_dir(args),
                                           any(sc.datapath.qemu == "patched" for _, sc in lab_scs))
         except HashlabError as e:
             print(f"hashlab run: cannot run {', '.join(sc.name for _, sc in lab_scs)} in the "
                   f"lab VM: {e}", file=sys.stderr)
-            return 3 if not rc else rc
-        argv = [str(Path(sys.executable).parent / "hashlab"), "run", "--here"]
+            return e.exit_status if not rc else rc
+        outs = [_lab_out(args, sc, many) for _, sc in lab_scs]
+        argv = datapath.hashlab_argv("run", "--here")
         if args.out and many:
             argv += ["--out-parent", str(Path(args.out).resolve())]
         elif args.out:
             argv += ["--out", str(Path(args.out).resolve())]
         if args.kernel:
-            argv += ["--kernel", args.kernel]
+            argv += ["--kernel", _kernel_arg(args.kernel)]
         if args.drop_stale_pins:
             argv.append("--drop-stale-pins")
         for opt in ("load_frames", "load_rounds", "load_rate"):
@@ -94,11 +95,36 @@ def _run(args) -> int:
                 argv += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]
         argv += [str(Path(p).resolve()) for p, _ in lab_scs]
         echo(f"hashlab run: booting the lab VM for {', '.join(sc.name for _, sc in lab_scs)}")
-        res = datapath.run_in_lab(argv, env, args.lab_timeout, echo)
+        files = [Path(p).resolve().parent for p, _ in lab_scs]
+        # --drop-stale-pins edits the scenario files in place
+        writes = outs + (files if args.drop_stale_pins else [])
+        reads = [prep] + ([] if args.drop_stale_pins else files)
+        if args.kernel and args.kernel != _kernel_arg(args.kernel):
+            reads.append(Path(_kernel_arg(args.kernel)))
+        try:
+            res = datapath.run_in_lab(argv, env, args.lab_timeout, echo, writes=writes,
+                                      reads=reads, expect=[o / "results.json" for o in outs])
+        except HashlabError as e:
+            print(f"hashlab run: {e}", file=sys.stderr)
+            return e.exit_status
         echo(f"hashlab run: lab VM done in {res.seconds:.0f}s, status {res.status}; "
              f"console log: {res.log}")
         rc |= res.status
     return rc
+
+
+def _lab_out(args, sc, many: bool) -> Path:
+    """Where the lab VM writes SC's results (as ``_out_for`` and the orchestrator say)."""
+    from ..paths import results_root
+
+    out = _out_for(args, sc, many)
+    return (out if out else results_root() / sc.name).resolve()
+
+
+def _kernel_arg(kernel: str) -> str:
+    """--kernel as the lab VM must see it: a bzImage path made absolute, names as given."""
+    p = Path(kernel)
+    return str(p.resolve()) if p.exists() else kernel
 
 
 def _override_load(args, sc) -> None:
