@@ -220,7 +220,12 @@ def run(
         argv += ["--rodir", str(d)]
     for a in (*LAB_KERNEL_ARGS, *append):
         argv += ["--append", a]
-    argv += ["--", script]
+    # The command goes in a file next to the log (the cache is shared with the lab VM),
+    # not on the command line: virtme-ng passes its script on the kernel command line,
+    # which is cut at 2048 bytes (seen: a long environment made init a garbled path).
+    script_file = log_dir() / (log.stem + ".sh")
+    script_file.write_text(script + "\n")
+    argv += ["--", f"sh {shlex.quote(str(script_file))}"]
 
     envp = dict(os.environ)
     envp["PATH"] = f"{Path(vng).parent}:{envp.get('PATH', '/usr/bin:/bin')}"
