@@ -442,7 +442,7 @@ RSS_KEY_SIZE = 40
 RSS_INPUT_MAX = 36  # bytes hashed at most (IPv6 addresses + ports)
 RSS_TOEPLITZ_TABLE_SIZE = RSS_INPUT_MAX * 256 * 4
 RSS_KEY_VALUE_SIZE = RSS_KEY_SIZE + RSS_TOEPLITZ_TABLE_SIZE
-"""tap_rss_map_toeplitz_key's value with qemu/patches 0004 (table-driven Toeplitz): the
+"""tap_rss_map_toeplitz_key's value with qemu/patches 0005 (table-driven Toeplitz): the
 40-byte key as before, then ``u32 table[36][256]``; upstream's value is the key only."""
 
 

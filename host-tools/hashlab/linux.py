@@ -77,6 +77,14 @@ class Asm:
     def stx(self, size: int, dst: int, off: int, src: int):
         return self._ins({4: 0x63, 2: 0x6B, 1: 0x73, 8: 0x7B}[size], dst, src, off)
 
+    def st(self, size: int, dst: int, off: int, imm: int):
+        """BPF_ST | BPF_MEM: store an immediate."""
+        return self._ins({4: 0x62, 2: 0x6A, 1: 0x72, 8: 0x7A}[size], dst, off=off, imm=imm)
+
+    def ldxsx(self, size: int, dst: int, src: int, off: int):
+        """BPF_LDX | BPF_MEMSX (sign-extending load, Linux 6.6+)."""
+        return self._ins({4: 0x81, 2: 0x89, 1: 0x91}[size], dst, src, off)
+
     def exit(self):
         return self._ins(0x95)
 
@@ -127,6 +135,47 @@ def prog_test_run(prog_fd: int, data: bytes, ctx_in: bytes | None = None,
     return TestRun(retval, dout.raw[:size_out], cout.raw[:ctx_out_size] if cout else b"")
 
 
+BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_ENABLE_STATS = 32
+BPF_STATS_RUN_TIME = 0
+PROG_INFO_RUN_CNT = 200  # offsetof(struct bpf_prog_info, run_cnt)
+PROG_INFO_SIZE = 232
+
+
+def prog_run_count(prog_fd: int) -> int:
+    """How often the program ran (counted only while ``enable_stats`` is held)."""
+    info = ctypes.create_string_buffer(PROG_INFO_SIZE)
+    attr = bytearray(16)
+    struct.pack_into("<IIQ", attr, 0, prog_fd, PROG_INFO_SIZE, ctypes.addressof(info))
+    bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
+    return struct.unpack_from("<Q", info.raw, PROG_INFO_RUN_CNT)[0]
+
+
+def enable_stats() -> int:
+    """BPF_ENABLE_STATS(BPF_STATS_RUN_TIME): programs count their runs while the
+    returned fd is open."""
+    attr = bytearray(8)
+    struct.pack_into("<I", attr, 0, BPF_STATS_RUN_TIME)
+    return bpf(BPF_ENABLE_STATS, attr)
+
+
+CAP_NET_ADMIN = 12
+CAP_SYS_ADMIN = 21
+
+
+def drop_capabilities(*caps: int) -> None:
+    """Drop CAPS from this process's effective set (capget/capset, no libcap)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    hdr = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this pid
+    data = (ctypes.c_uint32 * 6)()  # 2 x {effective, permitted, inheritable}
+    if libc.syscall(125, hdr, data) != 0:  # capget
+        raise OSError(ctypes.get_errno(), "capget")
+    for cap in caps:
+        data[3 * (cap // 32)] &= ~(1 << (cap % 32))
+    if libc.syscall(126, hdr, data) != 0:  # capset
+        raise OSError(ctypes.get_errno(), "capset")
+
+
 # ---- tun ------------------------------------------------------------------------------
 
 TUNSETIFF = 0x400454CA
@@ -134,7 +183,9 @@ TUNSETOFFLOAD = 0x400454D0
 TUNSETVNETHDRSZ = 0x400454D8
 TUNSETVNETLE = 0x400454DC
 TUNSETSTEERINGEBPF = 0x800454E0
+TUNGETFEATURES = 0x800454CF
 IFF_TAP = 0x0002
+IFF_VNET_HASH = 0x0080  # the series: TUNGETFEATURES says tun writes the hash fields
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
 IFF_MULTI_QUEUE = 0x0100
@@ -160,6 +211,10 @@ def ioctl_int(fd: int, req: int, value: int) -> None:
 VHOST_GET_FEATURES = 0x8008AF00
 VHOST_SET_FEATURES = 0x4008AF00
 VHOST_SET_OWNER = 0xAF01
+VHOST_SET_BACKEND_FEATURES = 0x4008AF25
+VHOST_GET_BACKEND_FEATURES = 0x8008AF26
+VHOST_BACKEND_F_IOTLB_MSG_V2 = 0x1
+VHOST_NET_BACKEND_F_HASH_REPORT = 0x20  # the series: HASH_REPORT is opt-in
 
 VIRTIO_NET_F_HASH_REPORT = 57
 VIRTIO_F_VERSION_1 = 32
@@ -169,6 +224,16 @@ def vhost_get_features(fd: int) -> int:
     buf = bytearray(8)
     fcntl.ioctl(fd, VHOST_GET_FEATURES, buf)
     return struct.unpack("<Q", buf)[0]
+
+
+def vhost_get_backend_features(fd: int) -> int:
+    buf = bytearray(8)
+    fcntl.ioctl(fd, VHOST_GET_BACKEND_FEATURES, buf)
+    return struct.unpack("<Q", buf)[0]
+
+
+def vhost_set_backend_features(fd: int, features: int) -> None:
+    fcntl.ioctl(fd, VHOST_SET_BACKEND_FEATURES, struct.pack("<Q", features))
 
 
 def vhost_set_features(fd: int, features: int) -> int:

@@ -100,8 +100,12 @@ def test_row_scenarios_from_the_base():
         assert doc["guest"]["kernel"] == ("lab" if row.where == "lab" else base["guest"]["kernel"])
         # QEMU-software pins only where the row's model is QEMU's software path
         assert ("known_divergences" in doc["expect"]) == row.keep_pins
+    # stock QEMU on the kernel with the series: judged exactly as on the stock kernel
     sc = C.row_scenario(C.ROWS_BY_ID["lab-stock-vhost"], base)
-    assert sc.expect.hashes == "none" and sc.expect.queues == "any" and sc.datapath.vhost
+    ref = C.row_scenario(C.ROWS_BY_ID["lab-stock-vhost-stock-kernel"], base)
+    assert sc.datapath.vhost and sc.expect.hash_report_negotiated is False
+    assert (sc.expect.hashes, sc.expect.queues, sc.datapath.behaviour) == \
+        (ref.expect.hashes, ref.expect.queues, ref.datapath.behaviour)
     sc = C.row_scenario(ROW, base)
     assert sc.datapath.resolved_behaviour(True) == "spec" and sc.expect_vhost
 
@@ -311,3 +315,36 @@ def test_compare_without_lab_kernel(monkeypatch, tmp_path):
     assert [r.id for r in results] == [r.id for r in rows]
     assert all(r.status == C.NOT_BUILT for r in results)
     assert "lab" not in meta["timings"]
+
+
+def _ran(row_id: str, rss_on: bool, queue_right: int, check_hash: bool = False) -> C.RowResult:
+    row = C.ROWS_BY_ID[row_id]
+    return C.RowResult(id=row.id, datapath=row.datapath, status=C.RAN, ok=True, model=row.model,
+                       rss_negotiated=rss_on,
+                       spec={"sent": 100, "seen": 100, "queue_checked": 100,
+                             "queue_right": queue_right, "check_hash": check_hash})
+
+
+def test_a_row_that_loses_what_the_stock_kernel_gave_is_a_regression():
+    # every lab row on the kernel with the series names its baseline on the kernel without
+    assert C.ROWS_BY_ID["lab-stock-vhost"].baseline == "lab-stock-vhost-stock-kernel"
+    assert C.ROWS_BY_ID["lab-patched-vhost"].baseline == "lab-patched-vhost-stock-kernel"
+    assert all(C.ROWS_BY_ID[r.baseline].needs_unpatched_lab_kernel for r in C.ROWS if r.baseline)
+    # what the unfixed series did to stock QEMU: HASH_REPORT taken, RSS lost, queues 247/497
+    worse = _ran("lab-stock-vhost", rss_on=True, queue_right=50)
+    base = _ran("lab-stock-vhost-stock-kernel", rss_on=True, queue_right=94)
+    C.find_regressions([worse, base])
+    assert worse.ok is False and base.ok is True
+    assert C.verdict(worse) == ("REGRESSION: lost right queues 50/100 (50%) < 94/100 (94%) "
+                                "vs lab-stock-vhost-stock-kernel")
+    assert "PASS" not in C.render_table([worse])
+    lost_rss = _ran("lab-patched-vhost", rss_on=False, queue_right=100)
+    C.find_regressions([lost_rss, _ran("lab-patched-vhost-stock-kernel", True, 100)])
+    assert C.verdict(lost_rss).startswith("REGRESSION: lost RSS")
+    # equal or better is no regression; a baseline that did not run judges nothing
+    same = _ran("lab-stock-vhost", rss_on=True, queue_right=94)
+    C.find_regressions([same, base])
+    assert same.ok and not same.regression
+    alone = _ran("lab-stock-vhost", rss_on=True, queue_right=1)
+    C.find_regressions([alone])
+    assert alone.ok

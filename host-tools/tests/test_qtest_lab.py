@@ -109,7 +109,7 @@ def _toeplitz_bitwise(key: bytes, data: bytes) -> int:
 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_qemu_fills_the_key_map_as_the_oracle_hashes(rig, seed):
-    """QEMU's C code (ebpf_rss.c, qemu/patches 0004) derives the program's per-byte
+    """QEMU's C code (ebpf_rss.c, qemu/patches 0005) derives the program's per-byte
     Toeplitz tables from the key the guest sets.  Read the map back from the running
     QEMU and check it against the Toeplitz hash itself (bitwise, and the oracle's) on
     random inputs: not against a second copy of QEMU's recurrence."""

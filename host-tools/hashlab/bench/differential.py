@@ -56,6 +56,9 @@ class Config:
             return 0, 0, self.default_queue
         if report == Report.NONE:
             return 0, 0, self.default_queue
+        if self.redirect and not self.populate_hash:
+            # RSS without hash reporting: the hash picks the queue and is not reported
+            return 0, 0, self.table[hash_value & (len(self.table) - 1)]
         if self.redirect:
             return hash_value, report, self.table[hash_value & (len(self.table) - 1)]
         # hash reporting without RSS: the queue is the hash's low 16 bits (tun takes

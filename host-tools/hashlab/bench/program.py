@@ -114,7 +114,7 @@ SUBJECTS = [
     Subject("empty", "a socket filter returning 0: BPF_PROG_TEST_RUN's own cost per run", "bpf", False),
     Subject("upstream", "QEMU 10.0's rss.bpf.c (pristine): queue only, bit-by-bit Toeplitz", "bpf", False),
     Subject("ours", "hashlab's rss.bpf.c (qemu/patches): hash + report + queue, Toeplitz by "
-            "36x256 u32 tables in the key map (0004) (host: socket form; lab: VNET_HASH form)",
+            "36x256 u32 tables in the key map (qemu 0005) (host: socket form; lab: VNET_HASH form)",
             "bpf", True),
     Subject("ours-socket", "hashlab's rss.bpf.c, socket-filter form (lab only)", "bpf", True),
     Subject("proto-table", "prototype: hashlab's rules, Toeplitz by 36x256 u32 tables (36 KiB)", "bpf", True),

@@ -12,6 +12,7 @@ The result is a cache entry ``<cache>/kernel/<key>/`` holding
     libbpf/          libbpf of the patched tree: include/bpf/*.h, lib/libbpf.a,
                      lib/libbpf.so*, lib/pkgconfig/libbpf.pc (relocatable)
     bpftool          bpftool of the patched tree (knows SEC("vnet_hash"))
+    selftests/       the series' kselftests, built against its UAPI (tun_vnet_hash)
     build.log        make's output
     .done            stamp with the inputs (see cache.py)
 
@@ -42,7 +43,7 @@ from ..errors import BuildError, MissingToolError
 from ..paths import KERNEL_DIR, cache_root, versions
 
 # Bump when the recipe (steps, make variables, layout of the entry) changes.
-RECIPE_VERSION = "kernel-recipe-1"
+RECIPE_VERSION = "kernel-recipe-2"
 
 PATCH_DIR = KERNEL_DIR / "patches"
 LAB_CONFIG = KERNEL_DIR / "lab.config"
@@ -69,12 +70,8 @@ def log(msg: str) -> None:
 
 
 def patch_files(patch_dir: Path = PATCH_DIR) -> list[Path]:
-    """The series, in application order (file name order); the cover letter is skipped."""
-    return sorted(
-        p
-        for p in patch_dir.glob("*.patch")
-        if p.is_file() and not p.name.startswith("0000-")
-    )
+    """The series, in application order; the cover letter is skipped."""
+    return steps.series_files(patch_dir)
 
 
 def source_tarball() -> tuple[str, str, Path]:
@@ -282,6 +279,23 @@ def build_bpftool(src: Path, work: Path, dest: Path, logfile: Path, jobs: int,
     shutil.copy2(out / "bpftool", dest)
 
 
+# The series' kselftests: source in the patched tree -> binary in the entry.
+SELFTESTS = {"tun_vnet_hash": "tools/testing/selftests/net/tun_vnet_hash.c"}
+
+
+def build_selftests(src: Path, dest: Path, logfile: Path) -> None:
+    """Build the series' kselftests against its own UAPI headers (the entry's headers/);
+    the lab tier runs them and reads their KTAP output."""
+    out = dest / "selftests"
+    out.mkdir()
+    for name, rel in SELFTESTS.items():
+        if not (src / rel).is_file():
+            continue  # a series without that test
+        run(["gcc", "-O2", "-Wall", "-Werror", "-I", str(dest / "headers" / "include"),
+             "-I", str(src / "tools/testing/selftests"), "-o", str(out / name), str(src / rel)],
+            logfile, f"selftest {name}")
+
+
 def build(e: CacheEntry, jobs: int, nice: int, keep_work: bool, stock: bool = False) -> Path:
     pkg, version, tarball = source_tarball()
     patches = series(stock)
@@ -316,6 +330,7 @@ def build(e: CacheEntry, jobs: int, nice: int, keep_work: bool, stock: bool = Fa
         if not stock:  # only the series' programs need our libbpf and bpftool
             build_libbpf(src, work, dest / "libbpf", logfile, jobs, nice)
             build_bpftool(src, work, dest, logfile, jobs, nice)
+            build_selftests(src, dest, logfile)
 
         shutil.copy2(obj / "arch/x86/boot/bzImage", dest / "bzImage")
         shutil.copy2(obj / ".config", dest / "config")

@@ -106,7 +106,8 @@ def log(msg: str) -> None:
 
 
 def patch_files(patch_dir: Path = PATCH_DIR) -> list[Path]:
-    return sorted(patch_dir.glob("*.patch"))
+    """The series, in application order; the cover letter is skipped."""
+    return steps.series_files(patch_dir)
 
 
 def source_version() -> str:

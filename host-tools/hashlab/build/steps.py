@@ -17,6 +17,13 @@ from typing import Callable, Iterator
 Progress = Callable[[Path, str, threading.Event, float], None]
 
 
+def series_files(patch_dir: Path) -> list[Path]:
+    """A `git format-patch` series in application order (file name order), without its
+    cover letter (0000-cover-letter.patch, which carries no diff)."""
+    return sorted(p for p in patch_dir.glob("*.patch")
+                  if p.is_file() and not p.name.startswith("0000-"))
+
+
 def run_step(cmd: list[str], logfile: Path, label: str, *, error: type[Exception],
              log: Callable[[str], None], cwd: Path | None = None,
              env: dict[str, str] | None = None, nice: int = 0,

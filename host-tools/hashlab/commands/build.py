@@ -24,6 +24,17 @@ OPTIONAL_BUILDERS = {
 def _kernel(args: argparse.Namespace) -> int:
     from ..build import kernel
 
+    if args.bisect:
+        import json
+
+        from ..build import kernel_bisect
+
+        path = kernel_bisect.ensure_bisect(force=args.force, jobs=args.jobs, nice=args.nice)
+        doc = json.loads((path / "bisect.json").read_text())
+        print(f"kernel series bisect: {path}: {len(doc['patches'])} patches x "
+              f"TUN=y/m, {len(doc['results'])} builds, all ok ({doc['seconds']:.0f}s)")
+        return 0
+
     path = kernel.ensure_kernel(force=args.force, jobs=args.jobs, nice=args.nice,
                                 keep_work=args.keep_work, stock=args.stock)
     if args.print_path:
@@ -56,6 +67,9 @@ def _register_kernel(sub) -> None:
                    help="run make under nice -n N (default 10; 0 disables)")
     p.add_argument("--keep-work", action="store_true",
                    help="keep the unpacked source and object tree after a successful build")
+    p.add_argument("--bisect", action="store_true",
+                   help="check that every prefix of kernel/patches builds, with TUN=y and "
+                   "=m (the objects of the files the series touches; cached by the series)")
     p.add_argument("--stock", action="store_true",
                    help="the control: the same source and lab.config without kernel/patches "
                    "(for the comparison's \"kernel without the series\" rows)")

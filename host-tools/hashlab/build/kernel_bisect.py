@@ -1,0 +1,140 @@
+"""`hashlab build kernel --bisect`: every prefix of the series builds, with TUN=y and =m.
+
+A posted series must build at every patch (`git bisect` lands anywhere).  For each
+prefix 1..k of kernel/patches, applied to the pristine source, this compiles the kernel
+objects of every C file the series touches (the headers it touches are compiled through
+them), once with lab.config (everything built in) and once with tun, tap, macvtap and
+vhost_net as modules (``-DMODULE``: the ``=m`` side of ``IS_ENABLED()``).  Objects only,
+no link: the full build (`hashlab build kernel`) links the whole series.  ccache keeps a
+rerun to the objects a patch really changes.
+
+The result is a cache entry of kind ``kernel-bisect`` (keyed like the kernel: source,
+compiler, lab.config, every patch), holding ``bisect.json``; a failure names the patch
+and the configuration, and keeps the log.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+
+from ..cache import CacheEntry
+from ..paths import cache_root
+from . import kernel as K
+
+RECIPE_VERSION = "kernel-bisect-1"
+
+# The =m configuration: lab.config with modules, and the drivers the series touches as
+# modules (VHOST follows VHOST_NET, TAP follows MACVTAP).
+MODULE_OVERRIDES = {"CONFIG_MODULES": "y", "CONFIG_TUN": "m", "CONFIG_VHOST_NET": "m",
+                    "CONFIG_MACVLAN": "m", "CONFIG_MACVTAP": "m"}
+# What =m must compile as modules (the rest of the objects are built in either way).
+MODULE_OBJECTS = ("drivers/net/tun.o", "drivers/net/tap.o", "drivers/vhost/net.o")
+
+
+def entry() -> CacheEntry:
+    key = K.input_key()
+    key.kind = "kernel-bisect"
+    key.add_text("bisect-recipe", RECIPE_VERSION)
+    return CacheEntry(key)
+
+
+def touched_objects(patches: list[Path]) -> list[str]:
+    """The kernel objects of the C files the series changes (not tools/, not docs)."""
+    files: set[str] = set()
+    for p in patches:
+        for m in re.finditer(r"^\+\+\+ b/(\S+)$", p.read_text(errors="replace"), re.M):
+            f = m.group(1)
+            if f.endswith(".c") and not f.startswith(("tools/", "Documentation/", "samples/")):
+                files.add(f[:-2] + ".o")
+    return sorted(files)
+
+
+def module_fragment(dest: Path) -> Path:
+    """lab.config with MODULE_OVERRIDES applied, written to DEST."""
+    lines = []
+    seen = set()
+    for line in K.LAB_CONFIG.read_text().splitlines():
+        m = re.fullmatch(r"(?:# )?(CONFIG_\w+)(?:=.*| is not set)", line.strip())
+        if m and m.group(1) in MODULE_OVERRIDES:
+            sym = m.group(1)
+            seen.add(sym)
+            lines.append(f"{sym}={MODULE_OVERRIDES[sym]}")
+        else:
+            lines.append(line)
+    lines += [f"{s}={v}" for s, v in MODULE_OVERRIDES.items() if s not in seen]
+    dest.write_text("\n".join(lines) + "\n")
+    return dest
+
+
+def _configure(src: Path, obj: Path, fragment: Path, logfile: Path, make: list[str],
+               env: dict) -> None:
+    K.run(make + ["allnoconfig"], logfile, "allnoconfig", env=env)
+    K.run([str(src / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(obj),
+           str(obj / ".config"), str(fragment)], logfile, "merge config", cwd=src)
+    K.run(make + ["olddefconfig"], logfile, "olddefconfig", env=env)
+    K.check_config(fragment, obj / ".config")
+
+
+def ensure_bisect(force: bool = False, jobs: int | None = None, nice: int = 10) -> Path:
+    e = entry()
+    if e.done and not force:
+        return e.path
+    with K.locked(e.path.with_name(e.path.name + ".lock")):
+        if e.done and not force:
+            return e.path
+        return _bisect(e, jobs or 3, nice)
+
+
+def _bisect(e: CacheEntry, jobs: int, nice: int) -> Path:
+    _, _, tarball = K.source_tarball()
+    patches = K.patch_files()
+    objects = touched_objects(patches)
+    work = cache_root() / "kernel-bisect-work" / e.ikey.key
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    logfile, src = work / "build.log", work / "src"
+    env = K._make_env(work)
+    cc = "ccache gcc" if shutil.which("ccache") else "gcc"
+    t0 = time.monotonic()
+    K.log(f"bisect: {len(patches)} patches x (=y, =m), objects {' '.join(objects)}; "
+          f"log: {logfile}")
+    K.unpack(tarball, src, logfile)
+    configs = {"y": K.LAB_CONFIG, "m": module_fragment(work / "modules.config")}
+    results = []
+    for k, patch in enumerate(patches, 1):
+        K.apply_series(src, [patch], logfile)
+        for name, fragment in configs.items():
+            obj = work / f"obj-{name}"
+            obj.mkdir(exist_ok=True)
+            make = ["make", "-C", str(src), f"O={obj}", f"CC={cc}", f"HOSTCC={cc}", f"-j{jobs}"]
+            t1 = time.monotonic()
+            label = f"bisect {k}/{len(patches)} {patch.name} (TUN={name})"
+            try:
+                _configure(src, obj, fragment, logfile, make, env)
+                K.run(make + objects, logfile, label, env=env, nice=nice)
+            except K.KernelBuildError as err:
+                raise K.KernelBuildError(
+                    f"the series does not build at patch {k} ({patch.name}) with TUN={name}: "
+                    f"{err}; work dir left: {work}") from None
+            if name == "m":
+                built = [o for o in MODULE_OBJECTS if (obj / o).is_file()]
+                if sorted(built) != sorted(MODULE_OBJECTS):
+                    raise K.KernelBuildError(f"{label}: {set(MODULE_OBJECTS) - set(built)} "
+                                             f"were not built as modules; see {logfile}")
+            results.append({"patch": k, "name": patch.name, "config": name,
+                            "seconds": round(time.monotonic() - t1, 1)})
+            K.log(f"{label}: ok in {results[-1]['seconds']:.0f}s")
+    with e.fill() as dest:
+        (dest / "bisect.json").write_text(json.dumps(
+            {"patches": [p.name for p in patches], "objects": objects,
+             "module_overrides": MODULE_OVERRIDES, "results": results,
+             "seconds": round(time.monotonic() - t0, 1)}, indent=1) + "\n")
+        shutil.copy2(logfile, dest / "build.log")
+    shutil.rmtree(work, ignore_errors=True)
+    K.log(f"bisect: every prefix builds ({len(results)} builds, "
+          f"{time.monotonic() - t0:.0f}s): {e.path}")
+    return e.path

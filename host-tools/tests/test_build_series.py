@@ -1,0 +1,43 @@
+"""The series as the builds see them: cover letters skipped, the bisect build's inputs."""
+
+from __future__ import annotations
+
+from hashlab.build import kernel as K
+from hashlab.build import kernel_bisect as B
+from hashlab.build import qemu as Q
+
+
+def test_cover_letters_are_not_applied():
+    for files in (K.patch_files(), Q.patch_files()):
+        names = [p.name for p in files]
+        assert names and not any(n.startswith("0000-") for n in names)
+        assert names == sorted(names)
+        # numbered 1..N without gaps, as `git format-patch` writes them
+        assert [int(n[:4]) for n in names] == list(range(1, len(names) + 1))
+
+
+def test_every_series_has_a_cover_letter_and_credits_the_rfc():
+    for d in (K.PATCH_DIR, Q.PATCH_DIR):
+        cover = (d / "0000-cover-letter.patch").read_text()
+        assert "*** SUBJECT HERE ***" not in cover and "*** BLURB HERE ***" not in cover
+        assert "Akihiko Odaki" in cover and "Link: https://lore.kernel.org/" in cover
+    for p in K.patch_files():
+        text = p.read_text()
+        assert "Subject: [RFC PATCH v3 bpf-next " in text, p.name
+        assert "From: hashlab developers <hashlab@localhost>" in text, p.name
+
+
+def test_bisect_builds_the_objects_the_series_touches():
+    objs = B.touched_objects(K.patch_files())
+    for o in ("drivers/net/tun.o", "drivers/net/tap.o", "drivers/vhost/net.o",
+              "net/core/filter.o", "net/bpf/test_run.o"):
+        assert o in objs
+    assert not any(o.startswith("tools/") for o in objs)
+
+
+def test_bisect_module_config(tmp_path):
+    frag = K.read_fragment(B.module_fragment(tmp_path / "m.config"))
+    assert {s: frag[s] for s in B.MODULE_OVERRIDES} == B.MODULE_OVERRIDES
+    lab = K.read_fragment(K.LAB_CONFIG)
+    assert {s: v for s, v in frag.items() if s not in B.MODULE_OVERRIDES} == \
+        {s: v for s, v in lab.items() if s not in B.MODULE_OVERRIDES}
