@@ -24,7 +24,7 @@ ALLOWED_SKIPS = {"host": None, "built": 0, "lab": 0}
 MAX_RETRIES_PER_TEST = 2
 
 
-def read_tier(path: Path) -> dict:
+def read_tier(path: Path) -> list[dict]:
     cases = []
     for tc in ET.parse(path).getroot().iter("testcase"):
         props = {p.get("name"): p.get("value") for p in tc.iter("property")}
@@ -41,7 +41,7 @@ def read_tier(path: Path) -> dict:
         cases.append({"id": f"{tc.get('classname')}::{tc.get('name')}", "outcome": outcome,
                       "reason": reason, "retries": int(props.get("hashlab_retries") or 0),
                       "retry_notes": retry_notes})
-    return {"cases": cases}
+    return cases
 
 
 def compare_ids(tier: str, ids: list[str], results: Path) -> str:
@@ -77,7 +77,7 @@ def main(argv: list[str]) -> int:
             print(f"{tier} tier: no results ({path} missing): it did not run to the end")
             bad.append(f"{tier}: no results")
             continue
-        cases = read_tier(path)["cases"]
+        cases = read_tier(path)
         n = Counter(c["outcome"] for c in cases)
         retried = [c for c in cases if c["retries"]]
         n_retries = sum(c["retries"] for c in cases)

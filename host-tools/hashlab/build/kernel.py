@@ -233,13 +233,16 @@ def apply_series(src: Path, patches: list[Path], logfile: Path) -> None:
     log(f"applied {len(patches)} patch(es)")
 
 
-def configure(src: Path, obj: Path, logfile: Path, make: list[str]) -> None:
+def configure(src: Path, obj: Path, logfile: Path, make: list[str],
+              fragment: Path = LAB_CONFIG, quiet: bool = False) -> None:
+    """allnoconfig + FRAGMENT, checked symbol by symbol."""
     run(make + ["allnoconfig"], logfile, "allnoconfig")
     run([str(src / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(obj),
-         str(obj / ".config"), str(LAB_CONFIG)], logfile, "merge lab.config", cwd=src)
+         str(obj / ".config"), str(fragment)], logfile, f"merge {fragment.name}", cwd=src)
     run(make + ["olddefconfig"], logfile, "olddefconfig")
-    check_config(LAB_CONFIG, obj / ".config")
-    log("config: every lab.config symbol has its requested value")
+    check_config(fragment, obj / ".config")
+    if not quiet:
+        log(f"config: every {fragment.name} symbol has its requested value")
 
 
 def build_libbpf(src: Path, work: Path, dest: Path, logfile: Path, jobs: int,

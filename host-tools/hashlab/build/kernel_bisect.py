@@ -70,15 +70,6 @@ def module_fragment(dest: Path) -> Path:
     return dest
 
 
-def _configure(src: Path, obj: Path, fragment: Path, logfile: Path, make: list[str],
-               env: dict) -> None:
-    K.run(make + ["allnoconfig"], logfile, "allnoconfig", env=env)
-    K.run([str(src / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(obj),
-           str(obj / ".config"), str(fragment)], logfile, "merge config", cwd=src)
-    K.run(make + ["olddefconfig"], logfile, "olddefconfig", env=env)
-    K.check_config(fragment, obj / ".config")
-
-
 def ensure_bisect(force: bool = False, jobs: int | None = None, nice: int = 10) -> Path:
     e = entry()
     if e.done and not force:
@@ -114,7 +105,8 @@ def _bisect(e: CacheEntry, jobs: int, nice: int) -> Path:
             t1 = time.monotonic()
             label = f"bisect {k}/{len(patches)} {patch.name} (TUN={name})"
             try:
-                _configure(src, obj, fragment, logfile, make, env)
+                # every prefix: patch 4 changes a Kconfig select
+                K.configure(src, obj, logfile, make, fragment, quiet=True)
                 K.run(make + objects, logfile, label, env=env, nice=nice)
             except K.KernelBuildError as err:
                 raise K.KernelBuildError(
@@ -127,7 +119,6 @@ def _bisect(e: CacheEntry, jobs: int, nice: int) -> Path:
                                              f"were not built as modules; see {logfile}")
             results.append({"patch": k, "name": patch.name, "config": name,
                             "seconds": round(time.monotonic() - t1, 1)})
-            K.log(f"{label}: ok in {results[-1]['seconds']:.0f}s")
     with e.fill() as dest:
         (dest / "bisect.json").write_text(json.dumps(
             {"patches": [p.name for p in patches], "objects": objects,

@@ -81,13 +81,14 @@ def _run(args) -> int:
                   f"lab VM: {e}", file=sys.stderr)
             return e.exit_status if not rc else rc
         outs = [_lab_out(args, sc, many) for _, sc in lab_scs]
+        kernel = _kernel_arg(args.kernel) if args.kernel else None
         argv = datapath.hashlab_argv("run", "--here")
         if args.out and many:
             argv += ["--out-parent", str(Path(args.out).resolve())]
         elif args.out:
             argv += ["--out", str(Path(args.out).resolve())]
-        if args.kernel:
-            argv += ["--kernel", _kernel_arg(args.kernel)]
+        if kernel:
+            argv += ["--kernel", kernel]
         if args.drop_stale_pins:
             argv.append("--drop-stale-pins")
         for opt in ("load_frames", "load_rounds", "load_rate"):
@@ -99,8 +100,8 @@ def _run(args) -> int:
         # --drop-stale-pins edits the scenario files in place
         writes = outs + (files if args.drop_stale_pins else [])
         reads = [prep] + ([] if args.drop_stale_pins else files)
-        if args.kernel and args.kernel != _kernel_arg(args.kernel):
-            reads.append(Path(_kernel_arg(args.kernel)))
+        if kernel and Path(kernel).exists():  # a bzImage path, not a name
+            reads.append(Path(kernel))
         try:
             res = datapath.run_in_lab(argv, env, args.lab_timeout, echo, writes=writes,
                                       reads=reads, expect=[o / "results.json" for o in outs])
