@@ -164,6 +164,10 @@ class Libbpf:
             "bpf_object__load": (ci, [vp]),
             "bpf_object__close": (None, [vp]),
             "bpf_object__find_program_by_name": (vp, [vp, cp]),
+            "bpf_object__next_program": (vp, [vp, vp]),
+            "bpf_object__next_map": (vp, [vp, vp]),
+            "bpf_program__name": (cp, [vp]),
+            "bpf_map__name": (cp, [vp]),
             "bpf_object__find_map_by_name": (vp, [vp, cp]),
             "bpf_program__set_type": (ci, [vp, ci]),
             "bpf_program__set_autoload": (ci, [vp, ctypes.c_bool]),
@@ -405,6 +409,20 @@ class BpfObject:
             raise BpfError(f"no program {name} in {self.path}", errno.ENOENT)
         return Program(self, p, name)
 
+    def program_names(self) -> list[str]:
+        """The object's programs, in ELF order."""
+        lib, out, p = self.lib.lib, [], None
+        while p := lib.bpf_object__next_program(self.ptr, p):
+            out.append(lib.bpf_program__name(p).decode())
+        return out
+
+    def map_names(self) -> list[str]:
+        """The object's maps (``.maps`` ones and libbpf's internal ones), in order."""
+        lib, out, m = self.lib.lib, [], None
+        while m := lib.bpf_object__next_map(self.ptr, m):
+            out.append(lib.bpf_map__name(m).decode())
+        return out
+
     def map(self, name: str) -> Map:
         m = self.lib.lib.bpf_object__find_map_by_name(self.ptr, name.encode())
         if not m:
@@ -442,7 +460,7 @@ RSS_KEY_SIZE = 40
 RSS_INPUT_MAX = 36  # bytes hashed at most (IPv6 addresses + ports)
 RSS_TOEPLITZ_TABLE_SIZE = RSS_INPUT_MAX * 256 * 4
 RSS_KEY_VALUE_SIZE = RSS_KEY_SIZE + RSS_TOEPLITZ_TABLE_SIZE
-"""tap_rss_map_toeplitz_key's value with qemu/patches 0005 (table-driven Toeplitz): the
+"""tap_rss_map_toeplitz_key's value with qemu/patches 0006 (table-driven Toeplitz): the
 40-byte key as before, then ``u32 table[36][256]``; upstream's value is the key only."""
 
 
@@ -517,21 +535,33 @@ def configure_rss(
         tmap.update(i, struct.pack("=H", table[i] if i < len(table) else 0))
 
 
-def open_rss_object(path: str | Path, form: str = "vnet_hash", lib=None) -> BpfObject:
-    """Open QEMU's rss.bpf.o with only one of its programs set to load.
+# QEMU builds tools/ebpf/rss.bpf.c into one object per program (qemu/patches 0001), so
+# that each loads as a whole where it is meant to: request-ebpf ids rss and rss-hash.
+RSS_OBJECT_FILES = {"socket": "rss.bpf.o", "vnet_hash": "rss_hash.bpf.o"}
+RSS_PROGRAMS = {"socket": (RSS_PROG_SOCKET, PROG_TYPE_SOCKET_FILTER),
+                "vnet_hash": (RSS_PROG_VNET_HASH, PROG_TYPE_VNET_HASH)}
 
-    ``form`` is "vnet_hash" (BPF_PROG_TYPE_VNET_HASH, needs the lab kernel) or
-    "socket" (a socket filter, loads on any kernel).
-    """
-    if form == "vnet_hash":
-        types = {RSS_PROG_VNET_HASH: PROG_TYPE_VNET_HASH}
-        autoload = {RSS_PROG_SOCKET: False, RSS_PROG_VNET_HASH: True}
-    elif form == "socket":
-        types = {RSS_PROG_SOCKET: PROG_TYPE_SOCKET_FILTER}
-        autoload = {RSS_PROG_SOCKET: True, RSS_PROG_VNET_HASH: False}
-    else:
+
+def rss_object_file(path: str | Path, form: str) -> Path:
+    """The object of ``form`` among QEMU's two: ``path`` is either of them or their
+    directory (``<qemu entry>/bpf``)."""
+    if form not in RSS_OBJECT_FILES:
         raise ValueError(f"unknown program form {form!r}")
-    return BpfObject.open(path, types=types, autoload=autoload, lib=lib)
+    p = Path(path)
+    if p.is_dir():
+        return p / RSS_OBJECT_FILES[form]
+    if p.name in RSS_OBJECT_FILES.values():
+        return p.with_name(RSS_OBJECT_FILES[form])
+    raise ValueError(f"{p} is not one of QEMU's RSS objects ({', '.join(RSS_OBJECT_FILES.values())})")
+
+
+def open_rss_object(path: str | Path, form: str = "vnet_hash", lib=None) -> BpfObject:
+    """Open QEMU's RSS object of ``form``: "vnet_hash" (``rss_hash.bpf.o``,
+    BPF_PROG_TYPE_VNET_HASH, needs the lab kernel) or "socket" (``rss.bpf.o``, a socket
+    filter, loads on any kernel).  ``path``: see :func:`rss_object_file`."""
+    prog, ptype = RSS_PROGRAMS.get(form, (None, None))
+    obj = rss_object_file(path, form)
+    return BpfObject.open(obj, types={prog: ptype}, lib=lib)
 
 
 def kernel_has_vnet_hash(path: str | Path, lib=None) -> tuple[bool, str]:

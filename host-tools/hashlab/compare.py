@@ -40,6 +40,7 @@ import yaml
 from . import datapath, report, rss
 from .errors import HashlabError, MissingToolError, UsageError
 from .paths import SCENARIOS_DIR
+from .scenario import DatapathSpec
 
 DEFAULT_BASE = SCENARIOS_DIR / "software-rss.yaml"
 
@@ -66,6 +67,7 @@ class Row:
     # The same QEMU and vhost on the kernel without the series: a new kernel must give
     # this row at least what that one gives (RSS, right queues, hashes); else REGRESSION.
     baseline: str = ""
+    device: dict = field(default_factory=dict)  # extra -device options over the base's
 
 
 ROWS: tuple[Row, ...] = (
@@ -99,7 +101,8 @@ ROWS: tuple[Row, ...] = (
         "patched", True, "lab", "lab without the series",
         "no HASH_REPORT (vhost_net lacks it), eBPF steering", "spec",
         {"rss_negotiated": True, "hash_report_negotiated": False},
-        needs_unpatched_lab_kernel=True),
+        # auto: QEMU starts without hash reports and says why (on would refuse to start)
+        needs_unpatched_lab_kernel=True, device={"vhost-hash-report": "auto"}),
 )
 ROW_IDS = tuple(r.id for r in ROWS)
 ROWS_BY_ID = {r.id: r for r in ROWS}
@@ -247,6 +250,8 @@ def row_scenario_doc(row: Row, base: dict, guest_kernel: str | None = None) -> d
     dp.pop("netdev", None)
     dp.update({"qemu": row.qemu, "vhost": "on" if row.vhost else "off", "where": row.where,
                "behaviour": row.behaviour})
+    if row.device:
+        dp["device"] = {**(dp.get("device") or DatapathSpec().device), **row.device}
     doc["datapath"] = dp
     g = dict(doc.get("guest") or {})
     if guest_kernel and row.where == "lab":

@@ -210,7 +210,7 @@ def vhost_status(status: dict, pid: int | None) -> dict:
 
 def qemu_warnings(log_path: Path) -> list[str]:
     """QEMU's own messages in the VM log (e.g. why hash reporting falls back to software,
-    qemu/patches/0004), each once, without the program name."""
+    qemu/patches/0005), each once, without the program name."""
     try:
         text = log_path.read_text(errors="replace")
     except OSError:

@@ -26,7 +26,8 @@ A scenario is a YAML mapping, validated strictly (an unknown or mistyped field i
       accel: auto                     # auto (kvm in the lab, tcg on the host) | kvm | tcg
       queues: 2                       # tap queues = the device's queue pairs
       netdev: {}                      # extra -netdev tap options
-      device: {rss: "on", hash: "on"} # extra -device virtio-net-pci options
+      device: {rss: "on", hash: "on"} # extra -device virtio-net-pci options (patched QEMU,
+                                      # vhost=on, hash=on: vhost-hash-report defaults to on)
       behaviour: auto                 # oracle model: spec | qemu-software | qemu-ebpf | auto
                                       # (auto: spec for patched QEMU in the lab, where its
                                       # eBPF program hashes; qemu-software otherwise)
@@ -347,6 +348,10 @@ def parse_scenario(data: Any, where: str = "<scenario>", path: Path | None = Non
         d.device = {"mq": "on", **v.options("datapath.device", dp["device"], RESERVED_DEVICE_OPTS)}
     if d.queues > 1 and d.device.get("mq") != "on":
         v.fail("datapath.device.mq", "must be on with more than one queue")
+    # The lab's QEMU asks for hash reports with vhost, and refuses to start when the host
+    # cannot give them (qemu/patches: vhost-hash-report, off unless asked for).
+    if d.qemu == "patched" and d.netdev.get("vhost") == "on" and d.device.get("hash") == "on":
+        d.device.setdefault("vhost-hash-report", "on")
     if "behaviour" in dp:
         d.behaviour = v.typed("datapath.behaviour", dp["behaviour"], str, "a string")
         if d.behaviour not in rss.BEHAVIOURS + ("auto",):

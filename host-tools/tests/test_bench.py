@@ -204,7 +204,7 @@ def test_cli_registers_bench():
 
 
 def test_key_map_tables_are_qemus():
-    """hashlab.bpf fills the key map's tables (qemu/patches 0005) with the algorithm of
+    """hashlab.bpf fills the key map's tables (qemu/patches 0006) with the algorithm of
     ebpf_rss_fill_toeplitz_table(); they must equal the independent reference here."""
     import random
 

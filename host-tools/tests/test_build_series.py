@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from hashlab.build import kernel as K
 from hashlab.build import kernel_bisect as B
 from hashlab.build import qemu as Q
@@ -21,10 +23,25 @@ def test_every_series_has_a_cover_letter_and_credits_the_rfc():
         cover = (d / "0000-cover-letter.patch").read_text()
         assert "*** SUBJECT HERE ***" not in cover and "*** BLURB HERE ***" not in cover
         assert "Akihiko Odaki" in cover and "Link: https://lore.kernel.org/" in cover
-    for p in K.patch_files():
-        text = p.read_text()
-        assert "Subject: [RFC PATCH v3 bpf-next " in text, p.name
-        assert "From: hashlab developers <hashlab@localhost>" in text, p.name
+    for files, prefix in ((K.patch_files(), "[RFC PATCH v3 bpf-next "),
+                          (Q.patch_files(), "[RFC PATCH ")):
+        for p in files:
+            text = p.read_text()
+            assert f"Subject: {prefix}" in text, p.name
+            assert "From: hashlab developers <hashlab@localhost>" in text, p.name
+            assert "Signed-off-by: hashlab developers <hashlab@localhost>" in text, p.name
+
+
+def test_qemu_patches_that_change_the_program_carry_its_skeletons():
+    """QEMU commits the generated ebpf/*.skeleton.h: a patch that changes rss.bpf.c
+    without them does not build by itself (the bisect build would use stale ones)."""
+    changed = 0
+    for p in Q.patch_files():
+        files = set(re.findall(r"^\+\+\+ b/(\S+)$", p.read_text(errors="replace"), re.M))
+        if "tools/ebpf/rss.bpf.c" in files:
+            changed += 1
+            assert {"ebpf/rss.bpf.skeleton.h", "ebpf/rss_hash.bpf.skeleton.h"} <= files, p.name
+    assert changed >= 2  # the hash rules (and the second object), the table-driven hash
 
 
 def test_bisect_builds_the_objects_the_series_touches():

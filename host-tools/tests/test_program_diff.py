@@ -205,7 +205,7 @@ def test_map_layout_matches_qemu():
         [1, 0, 0xFF, 0x01, 0, 0, 128, 0, 3, 0])
     k = bpf.rss_key_bytes(MS_KEY, tables=False)
     assert len(k) == 40 and k[:4] == MS_KEY[:4][::-1] and k[4:] == MS_KEY[4:]
-    # qemu/patches 0005: the key map's value is the key followed by u32 table[36][256]
+    # qemu/patches 0006: the key map's value is the key followed by u32 table[36][256]
     # (host byte order), filled by ebpf_rss_set_toepliz_key() whenever the key is set.
     full = bpf.rss_key_bytes(MS_KEY)
     assert len(full) == bpf.RSS_KEY_VALUE_SIZE == 40 + 36 * 256 * 4 and full[:40] == k

@@ -41,7 +41,8 @@ def rig(request):
     entry = find_qemu_entry()
     if entry is None:
         pytest.fail("patched QEMU is not built: run scripts/build-qemu")
-    with NetRig(qemu_binary=entry / "bin/qemu-system-x86_64", queues=4, vhost=request.param) as r:
+    with NetRig(qemu_binary=entry / "bin/qemu-system-x86_64", queues=4, vhost=request.param,
+                device_opts="rss=on,hash=on,vhost-hash-report=on") as r:
         yield r
 
 
@@ -109,7 +110,7 @@ def _toeplitz_bitwise(key: bytes, data: bytes) -> int:
 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_qemu_fills_the_key_map_as_the_oracle_hashes(rig, seed):
-    """QEMU's C code (ebpf_rss.c, qemu/patches 0005) derives the program's per-byte
+    """QEMU's C code (ebpf_rss.c, qemu/patches 0006) derives the program's per-byte
     Toeplitz tables from the key the guest sets.  Read the map back from the running
     QEMU and check it against the Toeplitz hash itself (bitwise, and the oracle's) on
     random inputs: not against a second copy of QEMU's recurrence."""

@@ -11,8 +11,10 @@ Steps, all logged to ``<entry>/build.log``:
    patch that does not apply;
 4. build the eBPF RSS object from ``tools/ebpf/rss.bpf.c`` with clang against the kernel
    entry's UAPI headers and libbpf headers, and regenerate ``ebpf/rss.bpf.skeleton.h``
-   with the kernel entry's ``bpftool gen skeleton`` (the committed skeleton is never
-   used); the object is kept as ``<entry>/bpf/rss.bpf.o`` (both programs, BTF kept) for
+   with the kernel entry's ``bpftool gen skeleton``, twice: ``rss.bpf.o`` (the socket
+   filter) and ``rss_hash.bpf.o`` (``-DRSS_VNET_HASH``, the VNET_HASH program), each with
+   its skeleton in ``ebpf/``; ``.done`` records whether the series' committed skeletons
+   are byte-identical to these.  The objects are kept in ``<entry>/bpf/`` (BTF kept) for
    the differential tests and benchmarks;
 5. configure only what the lab needs, with libbpf from the kernel entry linked
    statically (a private ``libbpf.pc`` naming ``libbpf.a``), then ``ninja`` under
@@ -55,7 +57,7 @@ from .steps import run_step
 from ..errors import BuildError, HashlabError, MissingToolError
 from ..paths import QEMU_DIR, cache_root, versions
 
-RECIPE_VERSION = "qemu-recipe-1"
+RECIPE_VERSION = "qemu-recipe-2"
 PATCH_DIR = QEMU_DIR / "patches"
 PROGRESS_SECONDS = 10.0
 CLANG = "clang-19"
@@ -306,8 +308,18 @@ def _patched_uapi(dest: Path) -> Path:
     return dest
 
 
-def build_bpf(src: Path, out: Path, tc: BpfToolchain, logfile: Path) -> None:
-    """Compile rss.bpf.c and regenerate ebpf/rss.bpf.skeleton.h from it."""
+# tools/ebpf/rss.bpf.c is built into two objects (qemu/patches 0001): the socket filter
+# every kernel loads, and with -DRSS_VNET_HASH the BPF_PROG_TYPE_VNET_HASH program.
+BPF_OBJECTS = {"rss": [], "rss_hash": ["-DRSS_VNET_HASH"]}
+
+
+def build_bpf(src: Path, out: Path, tc: BpfToolchain, logfile: Path) -> dict[str, bool]:
+    """Compile both objects of rss.bpf.c and regenerate their skeletons in ebpf/.
+
+    The series commits the skeletons, as upstream does; regenerating them here keeps
+    the binary true to the source whatever the series holds.  Returns, per skeleton,
+    whether the series' copy is byte-identical to the regenerated one (a patch that
+    changed the program without regenerating it shows up as False)."""
     out.mkdir(parents=True, exist_ok=True)
     incs: list[str] = []
     if tc.mode == "kernel":
@@ -316,32 +328,45 @@ def build_bpf(src: Path, out: Path, tc: BpfToolchain, logfile: Path) -> None:
     else:
         incs += ["-I", str(_patched_uapi(out / "uapi"))]
     incs += ["-I", "/usr/include/x86_64-linux-gnu"]  # asm/ for a plain /usr/include
-    obj = out / "rss.bpf.o"
-    run([CLANG, "-O2", "-g", "-Wall", "-target", "bpf", *incs, "-c",
-         str(src / "tools/ebpf/rss.bpf.c"), "-o", str(out / "rss.bpf.debug.o")],
-        logfile, "clang rss.bpf.c")
-    # What QEMU embeds: DWARF stripped, BTF kept (as tools/ebpf/Makefile.ebpf does).
-    run([LLVM_STRIP, "-g", str(out / "rss.bpf.debug.o"), "-o", str(obj)], logfile,
-        "llvm-strip rss.bpf.o")
-    skel = src / "ebpf" / "rss.bpf.skeleton.h"
-    with open(logfile, "ab") as lf:
-        lf.write(f"\n### bpftool gen skeleton ({tc.bpftool})\n".encode())
-        r = subprocess.run([tc.bpftool, "gen", "skeleton", str(obj), "name", "rss_bpf"],
-                           capture_output=True)
-        lf.write(r.stderr)
-    if r.returncode != 0 or b"rss_bpf__open" not in r.stdout:
-        raise QemuBuildError(f"bpftool gen skeleton failed; see {logfile}")
-    skel.write_bytes(r.stdout)
-    shutil.copy2(skel, out / "rss.bpf.skeleton.h")
+    matches: dict[str, bool] = {}
+    for name, defines in BPF_OBJECTS.items():
+        obj = out / f"{name}.bpf.o"
+        debug = out / f"{name}.bpf.debug.o"
+        # In tools/ebpf with a relative source and compilation dir, as Makefile.ebpf
+        # builds it: BTF line info names the source, so the object (and the skeleton)
+        # does not depend on where the tree is.
+        run([CLANG, "-O2", "-g", "-Wall", "-target", "bpf", "-fdebug-compilation-dir=.",
+             *defines, *incs, "-c", "rss.bpf.c", "-o", str(debug)],
+            logfile, f"clang rss.bpf.c -> {obj.name}", cwd=src / "tools" / "ebpf")
+        # What QEMU embeds: DWARF stripped, BTF kept (as tools/ebpf/Makefile.ebpf does).
+        run([LLVM_STRIP, "-g", str(debug), "-o", str(obj)], logfile, f"llvm-strip {obj.name}")
+        skel = src / "ebpf" / f"{name}.bpf.skeleton.h"
+        with open(logfile, "ab") as lf:
+            lf.write(f"\n### bpftool gen skeleton {obj.name} ({tc.bpftool})\n".encode())
+            r = subprocess.run([tc.bpftool, "gen", "skeleton", str(obj), "name", f"{name}_bpf"],
+                               capture_output=True)
+            lf.write(r.stderr)
+        if r.returncode != 0 or f"{name}_bpf__open".encode() not in r.stdout:
+            raise QemuBuildError(f"bpftool gen skeleton {obj.name} failed; see {logfile}")
+        matches[skel.name] = skel.is_file() and skel.read_bytes() == r.stdout
+        if not matches[skel.name]:
+            log(f"{skel.name}: the series' copy differs from the one generated from "
+                f"rss.bpf.c (regenerated; is a patch missing its skeleton update?)")
+        skel.write_bytes(r.stdout)
+        shutil.copy2(skel, out / skel.name)
     (out / "README").write_text(
-        "rss.bpf.o: QEMU's RSS eBPF object as embedded in qemu-system-x86_64 (BTF, no DWARF).\n"
-        "  tun_rss_steering_prog  SEC(\"socket\")     socket filter, returns the queue\n"
-        "  tun_rss_vnet_hash_prog SEC(\"vnet_hash\")  BPF_PROG_TYPE_VNET_HASH, sets\n"
-        "                         __sk_buff.vnet_hash_value/vnet_hash_report/vnet_rss_queue\n"
+        "QEMU's RSS eBPF objects as embedded in qemu-system-x86_64 (BTF, no DWARF),\n"
+        "both built from tools/ebpf/rss.bpf.c; each holds one program and the same maps:\n"
+        "  rss.bpf.o       tun_rss_steering_prog  SEC(\"socket\")  socket filter, returns\n"
+        "                  the queue (request-ebpf id=rss)\n"
+        "  rss_hash.bpf.o  tun_rss_vnet_hash_prog SEC(\"vnet_hash\") BPF_PROG_TYPE_VNET_HASH,\n"
+        "                  sets __sk_buff.vnet_hash_value/vnet_hash_report/vnet_rss_queue\n"
+        "                  (-DRSS_VNET_HASH; request-ebpf id=rss-hash)\n"
         "  maps: tap_rss_map_configurations, tap_rss_map_toeplitz_key,\n"
         "        tap_rss_map_indirection_table (layout: ebpf/ebpf_rss.c, hashlab/bpf.py)\n"
-        "rss.bpf.debug.o: the same with DWARF.\n"
-        "rss.bpf.skeleton.h: the skeleton generated from it (bpftool gen skeleton).\n")
+        "*.bpf.debug.o: the same with DWARF.\n"
+        "*.bpf.skeleton.h: the skeletons generated from them (bpftool gen skeleton).\n")
+    return matches
 
 
 def _static_libbpf_pc(tc: BpfToolchain, dest: Path) -> Path:
@@ -409,10 +434,13 @@ def build(e: CacheEntry, tc: BpfToolchain, dsc: Path, nice: int, jobs: int | Non
     cc0 = steps.ccache_counts(Path(env["CCACHE_DIR"]))
     unpack(dsc, src, logfile)
     apply_series(src, patches, logfile)
-    build_bpf(src, dest / "bpf", tc, logfile)
+    skeletons = build_bpf(src, dest / "bpf", tc, logfile)
     configure(src, bld, env, logfile, nice)
     jobs = jobs or os.cpu_count() or 1
-    ninja = ["ninja", "-C", str(bld), f"-j{jobs}", "qemu-system-x86_64"]
+    # The series' unit test of the vhost hash-report decision is built with the binary.
+    ninja = ["ninja", "-C", str(bld), f"-j{jobs}", "qemu-system-x86_64",
+             *(["tests/unit/test-virtio-net-hash"]
+               if (src / "tests/unit/test-virtio-net-hash.c").is_file() else [])]
     run(ninja, logfile, "ninja", env=env, nice=nice, progress=True)
     (dest / "bin").mkdir()
     shutil.copy2(bld / "qemu-system-x86_64", dest / "bin" / "qemu-system-x86_64")
@@ -426,6 +454,8 @@ def build(e: CacheEntry, tc: BpfToolchain, dsc: Path, nice: int, jobs: int | Non
         "libbpf": tc.mode,
         "kernel_entry": str(tc.kernel_entry) if tc.kernel_entry else None,
         "build_seconds": seconds,
+        # per skeleton: is the series' committed copy the one rss.bpf.c gives?
+        "skeletons_match_series": skeletons,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "ccache": steps.ccache_delta(cc0, steps.ccache_counts(Path(env["CCACHE_DIR"]))),
     }
@@ -473,6 +503,15 @@ def find_qemu_entry(libbpf: str = "auto") -> Path | None:
 
 
 def _cli(args: argparse.Namespace) -> int:
+    if args.bisect:
+        from . import qemu_bisect
+
+        path = qemu_bisect.ensure_bisect(force=args.force, jobs=args.jobs, nice=args.nice,
+                                         libbpf="kernel" if args.libbpf == "auto" else args.libbpf)
+        doc = json.loads((path / "bisect.json").read_text())
+        print(f"qemu series bisect: {path}: {len(doc['patches'])} patches, "
+              f"{len(doc['results'])} builds, all ok ({doc['seconds']:.0f}s)")
+        return 0
     path = build_qemu(force=args.force, libbpf=args.libbpf, nice=args.nice, jobs=args.jobs)
     if args.print_path:
         print(path)
@@ -480,7 +519,7 @@ def _cli(args: argparse.Namespace) -> int:
         meta = json.loads((path / ".done").read_text())
         print(f"qemu: {path}")
         print(f"  binary   {path / 'bin' / 'qemu-system-x86_64'}")
-        print(f"  bpf      {path / 'bpf' / 'rss.bpf.o'}  (socket + vnet_hash programs)")
+        print(f"  bpf      {path / 'bpf' / 'rss.bpf.o'}  (socket filter), rss_hash.bpf.o (VNET_HASH)")
         print(f"  build    {path / 'build'}  (meson build tree, for qtests)")
         print(f"  libbpf   {meta.get('libbpf')} {meta.get('kernel_entry') or ''}".rstrip())
         print(f"  built in {meta.get('build_seconds')}s")
@@ -497,6 +536,9 @@ def register_build(sub) -> None:
     p.add_argument("--print-path", action="store_true",
                    help="print only the cache entry's path (building it first if needed)")
     p.add_argument("--force", action="store_true", help="rebuild even if the entry exists")
+    p.add_argument("--bisect", action="store_true",
+                   help="check that QEMU builds at every patch of the series (committed "
+                   "skeletons, nothing regenerated; cached by the series)")
     p.add_argument("--libbpf", choices=("auto", "kernel", "system"), default="auto",
                    help="UAPI headers/libbpf/bpftool from the kernel entry (kernel; built if "
                    "needed), from Debian (system), or kernel if built else system (auto)")

@@ -13,6 +13,7 @@ Everything is undone on exit (QEMU killed, tap deleted), failures included.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 from collections.abc import Sequence
@@ -38,13 +39,15 @@ class NetRig:
 
     ``netdev``: ``"tap"`` (default; needed for QEMU's eBPF path and for vhost) or
     ``"dgram"`` (UDP on localhost, one queue, no privileges).  ``device_opts`` are added
-    to ``-device virtio-net-pci``.  ``qemu_binary`` picks the QEMU (the lab's patched one).
+    to ``-device virtio-net-pci``; ``device_json`` (typed JSON properties) replaces them,
+    for array properties such as ``ebpf-rss-fds`` (with ``pass_fds``).  ``qemu_binary`` picks the QEMU (the lab's patched one).
     """
 
     def __init__(self, queues: int = 4, *, netdev: str = "tap", qemu_binary: str | os.PathLike = HOST_QEMU,
                  device_opts: str = "rss=on,hash=on", vhost: bool = False, mrg_rxbuf: bool = False,
                  want: int | None = None, rx_queue_size: int = 256, log_dir=None,
-                 extra_args: Sequence[str] = (), accel: str = "auto", qtest_log: bool = False):
+                 extra_args: Sequence[str] = (), accel: str = "auto", qtest_log: bool = False,
+                 pass_fds: Sequence[int] = (), device_json: dict | None = None):
         if netdev not in ("tap", "dgram"):
             raise ValueError(f"netdev must be tap or dgram, not {netdev!r}")
         if netdev == "dgram" and queues != 1:
@@ -59,6 +62,8 @@ class NetRig:
         self.rx_queue_size = rx_queue_size
         self.log_dir = log_dir
         self.extra_args = list(extra_args)
+        self.pass_fds = tuple(pass_fds)  # fds the device options name (ebpf-rss-fds)
+        self.device_json = device_json  # JSON -device properties instead of device_opts
         self.accel = accel
         self.qtest_log = qtest_log
         self.injector: TapDevice | UdpInjector | None = None
@@ -71,6 +76,12 @@ class NetRig:
             netdev = self.injector.netdev_arg("n0", vhost=self.vhost)
         else:
             netdev = self.injector.netdev_arg("n0")
+        if self.device_json is not None:
+            # JSON -device: the only syntax for array properties (ebpf-rss-fds).
+            dev = json.dumps({"driver": "virtio-net-pci", "netdev": "n0",
+                              "disable-legacy": "on", "vectors": 0, "romfile": "",
+                              **({"mq": True} if self.queues > 1 else {}), **self.device_json})
+            return ["-netdev", netdev, "-device", dev, *self.extra_args]
         dev = "virtio-net-pci,netdev=n0,disable-legacy=on,vectors=0,romfile="
         if self.queues > 1:
             dev += ",mq=on"
@@ -87,7 +98,8 @@ class NetRig:
                 self._stack.callback(self.injector.remove)
             self.qt = self._stack.enter_context(QtestMachine(
                 self.qemu_args(), qemu_binary=self.qemu_binary, log_dir=self.log_dir,
-                name="virtio-net", accel=self.accel, qtest_log=self.qtest_log))
+                name="virtio-net", accel=self.accel, qtest_log=self.qtest_log,
+                pass_fds=self.pass_fds))
             self.net = VirtioNet(self.qt, want=self.want, mrg_rxbuf=self.mrg_rxbuf,
                                  rx_queue_size=self.rx_queue_size).probe().init()
         except BaseException:
