@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from hashlab import rss
+from hashlab.oracle import rss
 from hashlab.bench import report, tables, testrun
 
 HERE_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -204,11 +204,11 @@ def test_cli_registers_bench():
 
 
 def test_key_map_tables_are_qemus():
-    """hashlab.bpf fills the key map's tables (qemu/patches 0005) with the algorithm of
+    """hashlab.host.bpf fills the key map's tables (qemu/patches 0005) with the algorithm of
     ebpf_rss_fill_toeplitz_table(); they must equal the independent reference here."""
     import random
 
-    from hashlab import bpf
+    from hashlab.host import bpf
 
     rng = random.Random(4)
     keys = [rss.MS_KEY, bytes(40), b"\xff" * 40] + [bytes(rng.randrange(256) for _ in range(40))

@@ -2,7 +2,7 @@
 
 Runs on the host tier.  Observations are made up from the oracle (a "perfect" device,
 one with no hashes, one on the wrong queue) and go through the same functions that
-judge a real run (``hashlab.compare``, ``hashlab.orchestrator.Batch``).
+judge a real run (``hashlab.compare``, ``hashlab.run.orchestrator.Batch``).
 """
 
 from __future__ import annotations
@@ -13,11 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from hashlab import compare as C
-from hashlab import datapath, htmlreport, packets, report, rss
-from hashlab.orchestrator import Batch, RunResult, hash_queue
+from hashlab.run import compare as C
+from hashlab.host import datapath
+from hashlab.results import htmlreport, report
+from hashlab.frames import packets
+from hashlab.oracle import rss
+from hashlab.run.orchestrator import Batch, RunResult, hash_queue
 from hashlab.errors import UsageError
-from hashlab.rss import Report
+from hashlab.oracle.rss import Report
 
 SLICES = ["ipv4-tcp", "ipv4-udp", "ipv6-tcp", "ipv6-udp", "non-ip"]
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import pytest
 
-from hashlab import compare as C
-from hashlab import datapath
+from hashlab.run import compare as C
+from hashlab.host import datapath
 from hashlab.paths import results_root
 
 pytestmark = pytest.mark.labvm

@@ -21,9 +21,9 @@ def test_readme_table_matches_the_code():
 
 def test_error_classes_have_distinct_statuses():
     from hashlab.build.kernel import KernelBuildError
-    from hashlab.lab import LabError, LabHang, LabOutputLost, LabPanic
-    from hashlab.machine import GuestHang, GuestPanic, MachineError
-    from hashlab.tap import TapError
+    from hashlab.host.lab import LabError, LabHang, LabOutputLost, LabPanic
+    from hashlab.host.machine import GuestHang, GuestPanic, MachineError
+    from hashlab.host.tap import TapError
     from hashlab.vdrv.tap import TapError as VdrvTapError
 
     assert set(EXIT_STATUSES) == set(Exit)

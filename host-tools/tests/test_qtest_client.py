@@ -1,4 +1,4 @@
-"""hashlab.qtest (the qtest protocol client) and the tap helper: lifecycle and errors."""
+"""hashlab.host.qtest (the qtest protocol client) and the tap helper: lifecycle and errors."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from hashlab.qtest import HOST_QEMU, QtestError, QtestExited, QtestMachine, QtestStartError, has_qtest_accel
+from hashlab.host.qtest import HOST_QEMU, QtestError, QtestExited, QtestMachine, QtestStartError, has_qtest_accel
 from hashlab.vdrv import NetRig, TapDevice, enumerate_bus
 from hashlab.vdrv.pci import PciResourceAllocator
 

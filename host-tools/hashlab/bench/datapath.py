@@ -220,8 +220,8 @@ def run(frames: int | None, rounds: int | None, rate: int | None, out_dir: Path,
     whose guest is lost twice within one boot (the orchestrator retries once), is booted
     again, up to ATTEMPTS times in all; every lost boot is listed (``lab_failures``).
     Wrong hashes are never retried."""
-    from .. import datapath
-    from ..scenario import load_scenario
+    from ..host import datapath
+    from ..run.scenario import load_scenario
 
     paths = scenario_paths()
     scs = [load_scenario(p) for p in paths]

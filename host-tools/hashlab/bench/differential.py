@@ -28,8 +28,9 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from .. import bpf, rss
-from ..rss import Report
+from ..host import bpf
+from ..oracle import rss
+from ..oracle.rss import Report
 from . import testrun
 
 

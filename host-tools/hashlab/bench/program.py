@@ -36,10 +36,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import bpf, rss
+from ..host import bpf
+from ..oracle import rss
 from ..cache import CacheEntry, InputKey
 from ..errors import HashlabError, MissingToolError
-from ..hostile import (
+from ..frames.hostile import (
     DST, HBH, RT, TCP, V4_DST, V4_SRC, V6_RH2, eth, hao, ipv4, ipv6, opt_pad, opts_header,
     routing, tcp, udp,
 )
@@ -242,7 +243,7 @@ class Loaded:
 
 
 def _empty_prog() -> int:
-    from .. import linux
+    from ..uapi import linux
 
     return linux.prog_load(linux.BPF_PROG_TYPE_SOCKET_FILTER, linux.Asm().mov64(0, 0).exit().code(),
                            "hashlab_empty")
@@ -412,7 +413,7 @@ def run_part(where: str, samples: int = 7, target_ms: float = 50.0, log=print) -
 
 def run_lab_part(samples: int, target_ms: float, timeout: float = 1800, log=print) -> dict | None:
     """Run ``--lab-part`` inside the lab VM and return its result (None: no lab)."""
-    from .. import lab
+    from ..host import lab
 
     try:
         from ..build import kernel as kb

@@ -12,7 +12,7 @@ from ..errors import Exit
 
 
 def register(sub):
-    from ..compare import DEFAULT_BASE, ROWS
+    from ..run.compare import DEFAULT_BASE, ROWS
 
     rows_help = "; ".join(f"{r.id}: {r.datapath}" for r in ROWS)
     p = sub.add_parser(
@@ -49,7 +49,7 @@ def register(sub):
 
 
 def _run(args) -> int:
-    from .. import compare as C
+    from ..run import compare as C
     from ..paths import results_root
 
     rows = C.parse_rows(args.rows)
@@ -76,7 +76,7 @@ def _run(args) -> int:
         print()
         print("wall time: " + ", ".join(f"{k} {v:.0f}s" for k, v in t.items()))
         if not args.no_report:
-            from ..htmlreport import write_reports
+            from ..results.htmlreport import write_reports
 
             paths = write_reports(results, meta, out)
             print("report: " + ", ".join(str(p) for p in paths) + f"; JSON: {json_path}")

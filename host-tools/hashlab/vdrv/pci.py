@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..qtest import QtestMachine
+from ..host.qtest import QtestMachine
 
 CONFIG_ADDRESS = 0xCF8
 CONFIG_DATA = 0xCFC

@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..qtest import HOST_QEMU, QtestMachine
+from ..host.qtest import HOST_QEMU, QtestMachine
 from .net import RxFrame, VirtioNet
 from .tap import TapDevice, UdpInjector
 

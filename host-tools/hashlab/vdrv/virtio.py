@@ -10,7 +10,7 @@ import struct
 import time
 from dataclasses import dataclass
 
-from ..qtest import QtestError, QtestMachine
+from ..host.qtest import QtestError, QtestMachine
 from .pci import PCI_CAP_ID_VNDR, PciDevice
 
 # Device status bits.

@@ -34,8 +34,8 @@ from typing import Any
 
 from qemu.qmp import QMPClient
 
-from .errors import Exit, HashlabError
-from .paths import results_root
+from ..errors import Exit, HashlabError
+from ..paths import results_root
 
 log = logging.getLogger(__name__)
 

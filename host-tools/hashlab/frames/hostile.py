@@ -612,7 +612,7 @@ class Batch(Sequence):
 
 def _pad_keeps_meaning(data: bytes, padded: bytes) -> bool:
     """Does every modelled parser see the padded frame like the original?"""
-    from . import rss  # imported lazily: hostile frames need no oracle
+    from ..oracle import rss  # imported lazily: hostile frames need no oracle
 
     for behaviour in ("spec", "qemu-software"):
         if rss.parse_frame(data, behaviour) != rss.parse_frame(padded, behaviour):

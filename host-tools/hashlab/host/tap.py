@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 from typing import Iterable
 
-from .errors import Exit, HashlabError
-from .hostile import ip_checksum
+from ..errors import Exit, HashlabError
+from ..frames.hostile import ip_checksum
 
 TUNSETIFF = 0x400454CA
 TUNSETPERSIST = 0x400454CB

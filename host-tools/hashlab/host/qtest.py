@@ -43,7 +43,7 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from .errors import Exit, HashlabError
+from ..errors import Exit, HashlabError
 
 __all__ = [
     "HOST_QEMU",

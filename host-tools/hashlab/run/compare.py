@@ -37,9 +37,11 @@ from typing import Callable
 
 import yaml
 
-from . import datapath, report, rss
-from .errors import HashlabError, MissingToolError, UsageError
-from .paths import SCENARIOS_DIR
+from ..host import datapath
+from ..results import report
+from ..oracle import rss
+from ..errors import HashlabError, MissingToolError, UsageError
+from ..paths import SCENARIOS_DIR
 
 DEFAULT_BASE = SCENARIOS_DIR / "software-rss.yaml"
 

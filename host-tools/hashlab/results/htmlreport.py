@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from . import compare as C
+from ..run import compare as C
 
 EXPECTED_COLOUR = "#9aa5b1"
 OBSERVED_COLOUR = "#2f6fb0"

@@ -24,9 +24,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import retries
-from .errors import Exit, HashlabError, MissingToolError
-from .paths import REPO, cache_root
+from .. import retries
+from ..errors import Exit, HashlabError, MissingToolError
+from ..paths import REPO, cache_root
 
 # Panics, oopses and warnings as the kernel prints them on the console.
 PANIC_RE = re.compile(r"Kernel panic - not syncing|---\[ end Kernel panic")
