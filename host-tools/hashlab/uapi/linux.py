@@ -179,7 +179,6 @@ def drop_capabilities(*caps: int) -> None:
 # ---- tun ------------------------------------------------------------------------------
 
 TUNSETIFF = 0x400454CA
-TUNSETOFFLOAD = 0x400454D0
 TUNSETVNETHDRSZ = 0x400454D8
 TUNSETVNETLE = 0x400454DC
 TUNSETSTEERINGEBPF = 0x800454E0
