@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from ..errors import MissingToolError
-from .machine import HOST_QEMU
+from .qemu_process import HOST_QEMU
 from ..paths import REPO, cache_root
 
 # Set by lab.run() for every command in the lab VM (and by scripts/test lab).

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 from ..results import report
 from ..oracle import rss
-from ..host.machine import Machine, load_factor
+from ..host.machine import Machine
+from ..host.qemu_process import load_factor
 from .scenario import GuestSpec
 
 IFNAME = "eth0"

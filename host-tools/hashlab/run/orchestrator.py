@@ -39,7 +39,8 @@ from ..oracle import rss
 from ..build.guest import build_guest
 from ..errors import HashlabError
 from ..host.machine import (GuestHang, Machine, MachineConfig, MachineError, QemuExited,
-                      QemuStartError, load_factor)
+                            QemuStartError)
+from ..host.qemu_process import load_factor
 from ..paths import results_root
 from .scenario import Scenario
 from ..host.tap import Tap, filler_frames

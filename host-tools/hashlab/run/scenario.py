@@ -71,7 +71,7 @@ import yaml
 
 from ..oracle import rss
 from ..errors import UsageError
-from ..host.machine import HOST_QEMU
+from ..host.qemu_process import HOST_QEMU
 
 FLOWS = ("tcp4", "udp4", "tcp6", "udp6")
 FLOW_FIELDS = ("sdfn", "sd")

@@ -18,7 +18,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..host.qtest import HOST_QEMU, QtestMachine
+from ..host.qemu_process import HOST_QEMU
+from ..host.qtest import QtestMachine
 from .net import RxFrame, VirtioNet
 from .tap import TapDevice, UdpInjector
 
