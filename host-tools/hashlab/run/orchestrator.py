@@ -43,7 +43,8 @@ from ..host.machine import (GuestHang, Machine, MachineConfig, MachineError, Qem
 from ..host.qemu_process import load_factor
 from ..paths import results_root
 from .scenario import Scenario
-from ..host.tap import Tap, filler_frames
+from ..frames.filler import filler_frames
+from ..host.tap import Tap
 
 NIC_ID = "nic0"
 # Under KVM (in the lab VM, itself under TCG's emulated SVM) the guest gets no PMU: the

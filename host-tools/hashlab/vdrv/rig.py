@@ -7,7 +7,8 @@
         result = rig.run([f.data for f in corpus()])
         for sent, rx in result.matched: ...
 
-Everything is undone on exit (QEMU killed, tap deleted), failures included.
+Everything is undone on exit (QEMU killed, tap deleted), failures included; the tap is
+not persistent, so not even SIGKILL leaves it behind (``hashlab.host.tap``).
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from dataclasses import dataclass, field
 
 from ..host.qemu_process import HOST_QEMU
 from ..host.qtest import QtestMachine
+from ..host.tap import Tap
+from .dgram import UdpInjector
 from .net import RxFrame, VirtioNet
-from .tap import TapDevice, UdpInjector
 
 
 @dataclass
@@ -62,14 +64,14 @@ class NetRig:
         self.extra_args = list(extra_args)
         self.accel = accel
         self.qtest_log = qtest_log
-        self.injector: TapDevice | UdpInjector | None = None
+        self.injector: Tap | UdpInjector | None = None
         self.qt: QtestMachine | None = None
         self.net: VirtioNet | None = None
         self._stack = contextlib.ExitStack()
 
     def qemu_args(self) -> list[str]:
-        if isinstance(self.injector, TapDevice):
-            netdev = self.injector.netdev_arg("n0", vhost=self.vhost)
+        if isinstance(self.injector, Tap):
+            netdev = self.injector.netdev_arg("n0", "vhost=on" if self.vhost else "")
         else:
             netdev = self.injector.netdev_arg("n0")
         dev = "virtio-net-pci,netdev=n0,disable-legacy=on,vectors=0,romfile="
@@ -82,13 +84,17 @@ class NetRig:
     def __enter__(self) -> "NetRig":
         try:
             if self.netdev == "tap":
-                self.injector = self._stack.enter_context(TapDevice(self.queues))
+                self.injector = self._stack.enter_context(Tap(self.queues))
+                fds = self.injector.fds
             else:
                 self.injector = UdpInjector()
                 self._stack.callback(self.injector.remove)
+                fds = []
             self.qt = self._stack.enter_context(QtestMachine(
                 self.qemu_args(), qemu_binary=self.qemu_binary, log_dir=self.log_dir,
-                name="virtio-net", accel=self.accel, qtest_log=self.qtest_log))
+                name="virtio-net", accel=self.accel, qtest_log=self.qtest_log, pass_fds=fds))
+            if self.netdev == "tap":
+                self.injector.release()  # QEMU holds the queues: the tap now lives as long as it
             self.net = VirtioNet(self.qt, want=self.want, mrg_rxbuf=self.mrg_rxbuf,
                                  rx_queue_size=self.rx_queue_size).probe().init()
         except BaseException:
@@ -103,7 +109,7 @@ class NetRig:
         self._stack.close()
 
     def send(self, frame: bytes) -> None:
-        self.injector.send(frame)
+        self.injector.send_one(frame)
 
     def drain(self, quiet: float = 0.2) -> list[RxFrame]:
         """Collect whatever is still arriving until nothing comes for ``quiet`` s."""
