@@ -2,7 +2,7 @@
 
 Runs on the host tier.  Observations are made up from the oracle (a "perfect" device,
 one with no hashes, one on the wrong queue) and go through the same functions that
-judge a real run (``hashlab.compare``, ``hashlab.run.orchestrator.Batch``).
+judge a real run (``hashlab.run.compare``, ``hashlab.run.orchestrator.Batch``).
 """
 
 from __future__ import annotations

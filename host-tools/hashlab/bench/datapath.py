@@ -2,7 +2,7 @@
 
 The rows are the ``scenarios/bench-*.yaml`` scenarios: one guest (the lab kernel, 2 queue
 pairs, Microsoft key), one corpus selection (IPv4/IPv6 TCP/UDP and IPv6 with extension
-headers), one load phase (``hashlab.load``), four datapaths:
+headers), one load phase (``hashlab.run.load``), four datapaths:
 
     bench-software     stock QEMU hashes in userspace, tap vhost=off (what exists)
     bench-ebpf-tap     patched QEMU: the eBPF program reports, tap vhost=off

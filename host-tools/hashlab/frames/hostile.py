@@ -37,7 +37,7 @@ Identity: a Linux guest sees only a frame's length, so :func:`batches` splits th
 into batches whose frames have unique lengths.  Frames whose length is what they test
 (``fixed``: the ``truncated``, ``runt`` and ``jumbo`` slices, and the few others that
 end inside a header) keep it; the others may be padded with zero bytes after their end
-when that does not change how any modelled parser (``hashlab.rss``: spec,
+when that does not change how any modelled parser (``hashlab.oracle.rss``: spec,
 qemu-software, qemu-ebpf in both contexts) sees them.  Sending ``jumbo`` frames through
 a tap with ``AF_PACKET`` needs the tap's MTU raised (else ``EMSGSIZE``) and receive
 buffers that large in the guest.

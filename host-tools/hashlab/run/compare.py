@@ -7,7 +7,7 @@ runs the base scenario (default ``scenarios/software-rss.yaml``: 2 queue pairs, 
 key, equal table, the whole corpus) with its datapath, and is judged twice from the
 same observations:
 
-* against the **spec** (``hashlab.rss`` behaviour "spec"), for the table: how many of
+* against the **spec** (``hashlab.oracle.rss`` behaviour "spec"), for the table: how many of
   the frames the guest saw carried the right hash value and type class, and arrived on
   the right queue;
 * against **the row's own model** (what that datapath is known to do: QEMU's software
