@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from hashlab import rss
+from hashlab.oracle import rss
 from hashlab.bench import report, tables, testrun
 
 HERE_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -204,11 +204,11 @@ def test_cli_registers_bench():
 
 
 def test_key_map_tables_are_qemus():
-    """hashlab.bpf fills the key map's tables (qemu/patches 0006) with the algorithm of
+    """hashlab.host.bpf fills the key map's tables (qemu/patches 0006) with the algorithm of
     ebpf_rss_fill_toeplitz_table(); they must equal the independent reference here."""
     import random
 
-    from hashlab import bpf
+    from hashlab.host import bpf
 
     rng = random.Random(4)
     keys = [rss.MS_KEY, bytes(40), b"\xff" * 40] + [bytes(rng.randrange(256) for _ in range(40))
@@ -218,3 +218,19 @@ def test_key_map_tables_are_qemus():
         assert len(value) == bpf.RSS_KEY_VALUE_SIZE
         assert value[:40] == bpf.rss_key_bytes(key, tables=False)
         assert value[40:] == tables.map_value(key)
+
+
+def test_uapi_layout_is_the_libbpf_wrappers():
+    """The __sk_buff layout and the VNET_HASH program type have their home in uapi.linux;
+    host.bpf still spells them out for libbpf (ctypes), and the two must agree."""
+    import ctypes
+
+    from hashlab.host import bpf
+    from hashlab.uapi import linux as L
+
+    assert bpf.PROG_TYPE_VNET_HASH == L.BPF_PROG_TYPE_VNET_HASH
+    assert bpf.PROG_TYPE_SOCKET_FILTER == L.BPF_PROG_TYPE_SOCKET_FILTER
+    assert ctypes.sizeof(bpf.SkBuff) == L.SKB_SIZE == testrun.SKB_SIZE
+    assert (bpf.SkBuff.len.offset, bpf.SkBuff.vnet_hash_value.offset,
+            bpf.SkBuff.vnet_hash_report.offset, bpf.SkBuff.vnet_rss_queue.offset) == \
+        (L.SKB_LEN, L.SKB_VNET_HASH_VALUE, L.SKB_VNET_HASH_REPORT, L.SKB_VNET_RSS_QUEUE)

@@ -9,11 +9,14 @@ import os
 
 import pytest
 
-from hashlab import cache, load, report, rss
+from hashlab import cache
+from hashlab.run import load
+from hashlab.results import report
+from hashlab.oracle import rss
 from hashlab.bench import datapath as bd
 from hashlab.bench import turnaround as bt
 from hashlab.errors import UsageError
-from hashlab.scenario import load_scenario, parse_scenario
+from hashlab.run.scenario import load_scenario, parse_scenario
 
 
 def _sent(n=3, known_id=None):
@@ -172,7 +175,7 @@ def test_thread_cpu_and_peak_rss_of_a_real_process():
 
 
 def test_blast_writes_every_frame_unpaced_to_a_real_tap():
-    from hashlab.tap import Tap
+    from hashlab.host.tap import Tap
 
     frames = [bytes([0x02] * 6 + [0x04] * 6) + b"\x08\x00" + bytes([i]) * (60 + i)
               for i in range(5)]

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from hashlab import packets, rss
+from hashlab.frames import packets
+from hashlab.oracle import rss
 
 
 def hashlab(*args, cwd=None):

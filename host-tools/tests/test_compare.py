@@ -1,4 +1,4 @@
-"""The comparison (hashlab.report.compare): expected vs observed -> verdicts, no VM."""
+"""The comparison (hashlab.results.report.compare): expected vs observed -> verdicts, no VM."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from hashlab import packets, report, rss
-from hashlab.report import (DROPPED_OK, DUPLICATE, KNOWN, MATCH, MISMATCH, MISSING,
+from hashlab.frames import packets
+from hashlab.results import report
+from hashlab.oracle import rss
+from hashlab.results.report import (DROPPED_OK, DUPLICATE, KNOWN, MATCH, MISMATCH, MISSING,
                             MISSING_OK, STALE_PIN, UNEXPECTED, Observed, Sent)
-from hashlab.rss import Expectation, Report
+from hashlab.oracle.rss import Expectation, Report
 
 QUEUES = 4
 

@@ -2,7 +2,7 @@
 
 Runs on the host tier.  Observations are made up from the oracle (a "perfect" device,
 one with no hashes, one on the wrong queue) and go through the same functions that
-judge a real run (``hashlab.compare``, ``hashlab.orchestrator.Batch``).
+judge a real run (``hashlab.run.compare``, ``hashlab.run.orchestrator.Batch``).
 """
 
 from __future__ import annotations
@@ -13,11 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from hashlab import compare as C
-from hashlab import datapath, htmlreport, packets, report, rss
-from hashlab.orchestrator import Batch, RunResult, hash_queue
+from hashlab.run import compare as C
+from hashlab.results import matrix as M
+from hashlab.host import datapath
+from hashlab.results import htmlreport, report
+from hashlab.frames import packets
+from hashlab.oracle import rss
+from hashlab.run.orchestrator import Batch, RunResult, hash_queue
 from hashlab.errors import UsageError
-from hashlab.rss import Report
+from hashlab.oracle.rss import Report
 
 SLICES = ["ipv4-tcp", "ipv4-udp", "ipv6-tcp", "ipv6-udp", "non-ip"]
 
@@ -116,7 +120,7 @@ def test_availability(monkeypatch):
     monkeypatch.setattr(datapath, "patched_qemu", lambda: Path("/bin/true"))
     monkeypatch.setattr(datapath, "stock_lab_kernel_path", lambda: None)
     status, why = C.availability(row, here_is_lab=False)
-    assert status == C.NOT_BUILT and "build-kernel --stock" in why
+    assert status == M.NOT_BUILT and "build-kernel --stock" in why
     monkeypatch.setattr(datapath, "stock_lab_kernel_path", lambda: Path("/bzImage"))
     monkeypatch.setattr(datapath, "lab_kernel_path", lambda: Path("/bzImage"))
     assert C.availability(row, here_is_lab=False) is None
@@ -129,15 +133,15 @@ def test_availability(monkeypatch):
     monkeypatch.setattr(datapath, "lab_kernel_path", lambda: None)
     monkeypatch.setattr(datapath, "patched_qemu", lambda: Path("/bin/true"))
     assert C.availability(C.ROWS_BY_ID["lab-stock-vhost"], False) == (
-        C.NOT_BUILT, "the lab kernel is not built (scripts/build-kernel)")
+        M.NOT_BUILT, "the lab kernel is not built (scripts/build-kernel)")
     assert C.availability(C.ROWS_BY_ID["host-stock"], False) is None
 
     def not_built():
         raise datapath.MissingToolError("no")
     monkeypatch.setattr(datapath, "patched_qemu", not_built)
-    assert C.availability(C.ROWS_BY_ID["host-patched"], False)[0] == C.NOT_BUILT
+    assert C.availability(C.ROWS_BY_ID["host-patched"], False)[0] == M.NOT_BUILT
     monkeypatch.setattr(datapath, "kernel_has_series", lambda: True)
-    assert C.availability(C.ROWS_BY_ID["host-stock"], True)[0] == C.NOT_SUPPORTED
+    assert C.availability(C.ROWS_BY_ID["host-stock"], True)[0] == M.NOT_SUPPORTED
 
 
 # --------------------------------------------------------------------------- judging
@@ -147,15 +151,15 @@ def test_perfect_spec_device(frames):
     conf = oracle("spec")
     res = fake_run(frames, observe(frames, conf), conf, where="lab", series=True)
     r = C.row_result_from_run(ROW, res, 40.0)
-    assert r.status == C.RAN and r.ok and r.vhost_running
+    assert r.status == M.RAN and r.ok and r.vhost_running
     assert r.hash_report_offered and r.hash_report_negotiated and r.rss_negotiated
     n = len(frames)
     assert r.spec["seen"] == r.spec["hash_right"] == r.spec["queue_right"] == n
     assert r.spec["hashed_expected"] == r.spec["hashed_right"] == n - len(
         frames.select(["non-ip"]))
     assert r.kernel == "lab 6.12.117 (series)" and r.qemu == "patched 10.0.13"
-    assert C.hashes_cell(r) == f"{n}/{n}" and C.queues_cell(r) == f"{n}/{n}"
-    assert C.verdict(r) == "PASS (= spec)"
+    assert M.hashes_cell(r) == f"{n}/{n}" and M.queues_cell(r) == f"{n}/{n}"
+    assert M.verdict(r) == "PASS (= spec)"
     assert set(r.spec["by_type"]) == {"NONE", "TCPv4", "UDPv4", "TCPv6", "UDPv6"}
 
 
@@ -173,8 +177,8 @@ def test_no_hash_device_is_judged_against_the_spec(frames):
     assert r.spec["queue_checked"] == len(frames)
     assert 0 < r.spec["queue_right"] < len(frames)
     assert r.own["mismatch"] == 0 and r.own["queue_model"] == "any"
-    assert C.verdict(r).startswith("PASS")
-    assert "%" in C.hashes_cell(r)
+    assert M.verdict(r).startswith("PASS")
+    assert "%" in M.hashes_cell(r)
 
 
 def test_software_row_against_the_spec(frames):
@@ -193,7 +197,7 @@ def test_wrong_queue_fails_own_model_and_shows(frames):
     res = fake_run(frames, obs, conf)
     r = C.row_result_from_run(ROW, res, 1.0)
     assert not r.ok and r.spec["queue_right"] == 0 and r.spec["hash_right"] == len(frames)
-    assert C.verdict(r).startswith("FAIL: ") and "mismatches vs spec" in C.verdict(r)
+    assert M.verdict(r).startswith("FAIL: ") and "mismatches vs spec" in M.verdict(r)
 
 
 def test_hash_only_queue_model(frames):
@@ -225,7 +229,7 @@ def test_batches_are_matched_separately(frames):
 # --------------------------------------------------------------------------- merging
 
 
-def placeholder(rid, status=C.NOT_BUILT, reason="why"):
+def placeholder(rid, status=M.NOT_BUILT, reason="why"):
     return C.placeholder(C.ROWS_BY_ID[rid], status, reason)
 
 
@@ -233,37 +237,37 @@ def test_merge_keeps_order_and_reports_missing_rows(frames):
     order = list(C.ROWS)
     conf = oracle("spec")
     ran = C.row_result_from_run(ROW, fake_run(frames, observe(frames, conf), conf), 3.0)
-    host = [placeholder("host-stock", C.RAN, "")]
-    lab = [ran, placeholder("lab-patched", C.NOT_BUILT, "the patched QEMU is not built")]
+    host = [placeholder("host-stock", M.RAN, "")]
+    lab = [ran, placeholder("lab-patched", M.NOT_BUILT, "the patched QEMU is not built")]
     merged = C.merge(order, lab, host)
     assert [r.id for r in merged] == [r.id for r in order]
     by = {r.id: r for r in merged}
     assert by["lab-patched-vhost"] is ran
-    assert by["lab-patched"].status == C.NOT_BUILT
+    assert by["lab-patched"].status == M.NOT_BUILT
     # nobody reported these: never silently missing
-    assert by["lab-stock-vhost"].status == C.ERROR and "no result" in by["lab-stock-vhost"].reason
+    assert by["lab-stock-vhost"].status == M.ERROR and "no result" in by["lab-stock-vhost"].reason
     # a later part wins
-    again = C.merge(order, [placeholder("host-stock", C.ERROR, "x")], host)
-    assert next(r for r in again if r.id == "host-stock").status == C.RAN
+    again = C.merge(order, [placeholder("host-stock", M.ERROR, "x")], host)
+    assert next(r for r in again if r.id == "host-stock").status == M.RAN
 
 
 def test_json_round_trip(frames):
     conf = oracle("spec")
     rows = [C.row_result_from_run(ROW, fake_run(frames, observe(frames, conf), conf), 3.0),
-            placeholder("lab-stock-vhost-stock-kernel", C.NOT_BUILT, C.UNPATCHED_LAB_REASON)]
-    doc = json.loads(json.dumps(C.rows_to_json(rows, {"timings": {"total": 1.0}})))
-    back = C.rows_from_json(doc)
+            placeholder("lab-stock-vhost-stock-kernel", M.NOT_BUILT, C.UNPATCHED_LAB_REASON)]
+    doc = json.loads(json.dumps(M.rows_to_json(rows, {"timings": {"total": 1.0}})))
+    back = M.rows_from_json(doc)
     assert [r.to_json() for r in back] == [r.to_json() for r in rows]
     with pytest.raises(UsageError):
-        C.rows_from_json({"rows": []})
+        M.rows_from_json({"rows": []})
 
 
 def test_table_rendering(frames):
     conf = oracle("spec")
     rows = [C.row_result_from_run(ROW, fake_run(frames, observe(frames, conf), conf), 3.0),
-            placeholder("lab-patched", C.NOT_BUILT, "the patched QEMU is not built (scripts/build-qemu)"),
-            placeholder("lab-stock-vhost-stock-kernel", C.NOT_BUILT, C.UNPATCHED_LAB_REASON)]
-    text = C.render_table(rows)
+            placeholder("lab-patched", M.NOT_BUILT, "the patched QEMU is not built (scripts/build-qemu)"),
+            placeholder("lab-stock-vhost-stock-kernel", M.NOT_BUILT, C.UNPATCHED_LAB_REASON)]
+    text = M.render_table(rows)
     lines = text.splitlines()
     assert lines[0].startswith("| datapath ") and "hash report offered" in lines[0]
     for col in ("QEMU", "kernel", "hashes right", "queues right"):
@@ -273,14 +277,14 @@ def test_table_rendering(frames):
     assert len({len(ln) for ln in lines}) == 1  # aligned
     assert "not built: the patched QEMU is not built" in text
     assert "not built: the stock lab kernel (no series) is not built" in text
-    types = C.render_types(rows)
+    types = M.render_types(rows)
     assert types.splitlines()[0].split()[-1] == "lab-patched-vhost"
     assert "(queues right)" in types
-    assert C.render_types([rows[1]]) == "(no row ran)"
+    assert M.render_types([rows[1]]) == "(no row ran)"
     # a row whose guest gets no hash at all has nothing to count per type
     import dataclasses
     nohash = dataclasses.replace(rows[0], id="nohash", spec={**rows[0].spec, "check_hash": False})
-    lines = C.render_types([rows[0], nohash]).splitlines()
+    lines = M.render_types([rows[0], nohash]).splitlines()
     assert all(ln.split()[-1] == "n/a" for ln in lines[1:-1]), lines
     assert "/" in lines[1].split()[-2] and "/" in lines[-1].split()[-1]
 
@@ -313,13 +317,13 @@ def test_compare_without_lab_kernel(monkeypatch, tmp_path):
     rows = C.parse_rows("lab")
     results, meta = C.compare(rows, tmp_path, C.DEFAULT_BASE, echo=lambda m: None)
     assert [r.id for r in results] == [r.id for r in rows]
-    assert all(r.status == C.NOT_BUILT for r in results)
+    assert all(r.status == M.NOT_BUILT for r in results)
     assert "lab" not in meta["timings"]
 
 
-def _ran(row_id: str, rss_on: bool, queue_right: int, check_hash: bool = False) -> C.RowResult:
+def _ran(row_id: str, rss_on: bool, queue_right: int, check_hash: bool = False) -> M.RowResult:
     row = C.ROWS_BY_ID[row_id]
-    return C.RowResult(id=row.id, datapath=row.datapath, status=C.RAN, ok=True, model=row.model,
+    return M.RowResult(id=row.id, datapath=row.datapath, status=M.RAN, ok=True, model=row.model,
                        rss_negotiated=rss_on,
                        spec={"sent": 100, "seen": 100, "queue_checked": 100,
                              "queue_right": queue_right, "check_hash": check_hash})
@@ -335,12 +339,12 @@ def test_a_row_that_loses_what_the_stock_kernel_gave_is_a_regression():
     base = _ran("lab-stock-vhost-stock-kernel", rss_on=True, queue_right=94)
     C.find_regressions([worse, base])
     assert worse.ok is False and base.ok is True
-    assert C.verdict(worse) == ("REGRESSION: lost right queues 50/100 (50%) < 94/100 (94%) "
+    assert M.verdict(worse) == ("REGRESSION: lost right queues 50/100 (50%) < 94/100 (94%) "
                                 "vs lab-stock-vhost-stock-kernel")
-    assert "PASS" not in C.render_table([worse])
+    assert "PASS" not in M.render_table([worse])
     lost_rss = _ran("lab-patched-vhost", rss_on=False, queue_right=100)
     C.find_regressions([lost_rss, _ran("lab-patched-vhost-stock-kernel", True, 100)])
-    assert C.verdict(lost_rss).startswith("REGRESSION: lost RSS")
+    assert M.verdict(lost_rss).startswith("REGRESSION: lost RSS")
     # equal or better is no regression; a baseline that did not run judges nothing
     same = _ran("lab-stock-vhost", rss_on=True, queue_right=94)
     C.find_regressions([same, base])

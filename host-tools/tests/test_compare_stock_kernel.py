@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import pytest
 
-from hashlab import compare as C
-from hashlab import datapath
+from hashlab.run import compare as C
+from hashlab.results import matrix as M
+from hashlab.host import datapath
 from hashlab.paths import results_root
 
 pytestmark = pytest.mark.labvm
@@ -26,11 +27,11 @@ def test_stock_vhost_net_rows():
             C.ROWS_BY_ID["lab-patched-vhost-stock-kernel"]]
     out = results_root() / "compare-stock-kernel"
     got, meta = C.compare(rows, out, C.DEFAULT_BASE, echo=print)
-    print(C.render_table(got))
+    print(M.render_table(got))
     assert "lab-stock-kernel" in meta["timings"] and "lab" not in meta["timings"]
     by = {r.id: r for r in got}
     for r in got:
-        assert r.status == C.RAN, (r.id, r.reason)
+        assert r.status == M.RAN, (r.id, r.reason)
         assert r.ok, (r.id, [c for c in r.checks if not c["ok"]], r.own)
         assert "no series" in r.kernel and r.vhost_running
         assert r.rss_negotiated and not r.hash_report_offered and not r.hash_report_negotiated

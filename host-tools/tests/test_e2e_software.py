@@ -16,11 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from hashlab import datapath, guest, report
-from hashlab.orchestrator import run_scenario
+from hashlab.host import datapath
+from hashlab.run import guest
+from hashlab.results import report
+from hashlab.run.orchestrator import run_scenario
 from hashlab.paths import SCENARIOS_DIR, versions
-from hashlab.scenario import load_scenario, parse_scenario
-from hashlab.tap import SYS_NET
+from hashlab.run.scenario import load_scenario, parse_scenario
+from hashlab.host.tap import SYS_NET
 from procs import qemu_pids
 
 pytestmark = pytest.mark.vm
@@ -167,8 +169,8 @@ async def test_boot_retry_gets_a_fresh_tap(tmp_path, private_tmp, monkeypatch):
     """A boot that fails after QEMU set its queues up (here: a boot timeout) is retried on
     a new tap.  Reusing the old queue fds makes the next QEMU abort ("could not disable
     queue", virtio_net_set_queue_pairs) with more than one queue pair -- seen in the lab."""
-    from hashlab.machine import Machine, QemuStartError
-    from hashlab.tap import Tap
+    from hashlab.host.machine import Machine, QemuStartError
+    from hashlab.host.tap import Tap
 
     real_start, real_recreate = Machine.start, Tap.recreate
     calls, names = [], []
@@ -187,7 +189,7 @@ async def test_boot_retry_gets_a_fresh_tap(tmp_path, private_tmp, monkeypatch):
 
     monkeypatch.setattr(Machine, "start", flaky_start)
     monkeypatch.setattr(Tap, "recreate", recreate)
-    monkeypatch.setattr("hashlab.machine.load_factor", lambda: 1.0)
+    monkeypatch.setattr("hashlab.host.machine.load_factor", lambda: 1.0)
     doc = {"name": "retry", "guest": {"queues": 4},
            "datapath": {"queues": 4, "behaviour": "qemu-software"},
            "corpus": {"slices": ["ipv4-udp"]}, "expect": {"rss_negotiated": True}}

@@ -21,14 +21,13 @@ def test_readme_table_matches_the_code():
 
 def test_error_classes_have_distinct_statuses():
     from hashlab.build.kernel import KernelBuildError
-    from hashlab.lab import LabError, LabHang, LabOutputLost, LabPanic
-    from hashlab.machine import GuestHang, GuestPanic, MachineError
-    from hashlab.tap import TapError
-    from hashlab.vdrv.tap import TapError as VdrvTapError
+    from hashlab.host.lab import LabError, LabHang, LabOutputLost, LabPanic
+    from hashlab.host.machine import GuestHang, GuestPanic, MachineError
+    from hashlab.host.tap import TapError
 
     assert set(EXIT_STATUSES) == set(Exit)
     want = {HashlabError: Exit.ERROR, UsageError: Exit.USAGE, MissingToolError: Exit.MISSING,
-            TapError: Exit.NETDEV, VdrvTapError: Exit.NETDEV, KernelBuildError: Exit.BUILD,
+            TapError: Exit.NETDEV, KernelBuildError: Exit.BUILD,
             LabError: Exit.VM_DIED, LabOutputLost: Exit.VM_DIED, MachineError: Exit.VM_DIED,
             LabPanic: Exit.PANIC, GuestPanic: Exit.PANIC, LabHang: Exit.HANG,
             GuestHang: Exit.HANG}

@@ -13,8 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hashlab import hostile, rss
-from hashlab.hostile import MIN_FRAME_LEN, SLICES
+from hashlab.frames import hostile
+from hashlab.oracle import rss
+from hashlab.frames.hostile import MIN_FRAME_LEN, SLICES
 
 FRAMES = hostile.hostile()
 KEY2 = random.Random(11).randbytes(40)
@@ -44,7 +45,7 @@ def check_result(value, report, types, behaviour):
 
 _CHILD = """
 import hashlib
-from hashlab import hostile
+from hashlab.frames import hostile
 h = hashlib.sha256()
 for f in hostile.hostile():
     h.update(f"{f.id}|{f.slice}|{f.desc}|{int(f.fixed)}|{f.pad}|".encode() + f.data)

@@ -18,7 +18,7 @@ import uuid
 
 import pytest
 
-from hashlab import linux as L
+from hashlab.uapi import linux as L
 
 pytestmark = pytest.mark.lab
 

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import pytest
 
-from hashlab import datapath, rss
-from hashlab.orchestrator import run_scenario
+from hashlab.host import datapath
+from hashlab.oracle import rss
+from hashlab.run.orchestrator import run_scenario
 from hashlab.paths import SCENARIOS_DIR, results_root
-from hashlab.scenario import load_scenario, parse_scenario
-from hashlab.tap import SYS_NET
+from hashlab.run.scenario import load_scenario, parse_scenario
+from hashlab.host.tap import SYS_NET
 from procs import qemu_pids
 
 pytestmark = pytest.mark.lab

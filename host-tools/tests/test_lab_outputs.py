@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from hashlab import lab
+from hashlab.host import lab
 from hashlab.paths import REPO
 
 pytestmark = pytest.mark.labvm

@@ -47,9 +47,9 @@ def test_lab_kernel_panic_is_a_panic():
 
 
 def test_lab_kernel_keeps_guests_on_an_unscaled_tsc():
-    # hashlab.lab.LAB_KERNEL_ARGS: without it, a lab boot whose early TSC calibration
+    # hashlab.host.lab.LAB_KERNEL_ARGS: without it, a lab boot whose early TSC calibration
     # came out > 250 ppm off gives every KVM guest a scaled TSC, and those guests hang.
-    from hashlab import lab
+    from hashlab.host import lab
 
     r = hashlab_lab("cat", "/sys/module/kvm/parameters/tsc_tolerance_ppm", "/proc/cmdline")
     assert r.returncode == 0, r.stderr

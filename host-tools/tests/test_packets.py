@@ -11,9 +11,10 @@ from scapy.layers.inet import IP
 from scapy.layers.inet6 import HAO, IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrRouting
 from scapy.layers.l2 import Ether
 
-from hashlab import packets, rss
-from hashlab.packets import FULL_BASE_LEN, SLICES
-from hashlab.rss import ALL_TYPES, LINUX_GUEST_TYPES, MS_KEY, Report
+from hashlab.frames import packets
+from hashlab.oracle import rss
+from hashlab.frames.packets import FULL_BASE_LEN, SLICES
+from hashlab.oracle.rss import ALL_TYPES, LINUX_GUEST_TYPES, MS_KEY, Report
 
 EXPECTED_SLICES = [
     "ipv4-tcp", "ipv4-udp", "ipv4-other", "ipv4-frag", "ipv4-options", "vlan", "ipv6-tcp",

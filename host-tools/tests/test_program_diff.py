@@ -29,9 +29,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from hashlab import bpf, rss
-from hashlab.packets import corpus
-from hashlab.rss import ALL_TYPES, LINUX_GUEST_TYPES, MS_KEY, HashType, Report
+from hashlab.host import bpf
+from hashlab.oracle import rss
+from hashlab.frames.packets import corpus
+from hashlab.oracle.rss import ALL_TYPES, LINUX_GUEST_TYPES, MS_KEY, HashType, Report
 
 T = HashType
 

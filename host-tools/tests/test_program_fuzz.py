@@ -39,14 +39,15 @@ import time
 
 import pytest
 
-from hashlab import bpf, rss
+from hashlab.host import bpf
+from hashlab.oracle import rss
 from hashlab.bench import differential as diff
 from hashlab.bench import testrun
-from hashlab.hostile import (
+from hashlab.frames.hostile import (
     DST, TCP, UDP, V6_DST, V6_HOA, V6_SRC, _dst, _hao_dst, _v6, hao, hostile, opt_pad,
     random_frames,
 )
-from hashlab.rss import ALL_TYPES, LINUX_GUEST_TYPES, MS_KEY, HashType as T, Report
+from hashlab.oracle.rss import ALL_TYPES, LINUX_GUEST_TYPES, MS_KEY, HashType as T, Report
 
 DEFAULT_SEED = 20261128
 DEFAULT_FRAMES = 100_000

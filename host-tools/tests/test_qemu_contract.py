@@ -20,10 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from hashlab import bpf, rss
+from hashlab.host import bpf
+from hashlab.oracle import rss
 from hashlab.build.qemu import find_qemu_entry
-from hashlab.packets import corpus
-from hashlab.qtest import QtestMachine, QtestStartError
+from hashlab.frames.packets import corpus
+from hashlab.host.qtest import QtestMachine, QtestStartError
 from hashlab.vdrv import NetRig
 from hashlab.vdrv.check import HashSetup, run_setup
 

@@ -1,14 +1,17 @@
-"""hashlab.qtest (the qtest protocol client) and the tap helper: lifecycle and errors."""
+"""hashlab.host.qtest (the qtest protocol client) and the tap helper: lifecycle and errors."""
 
 from __future__ import annotations
 
 import os
 import subprocess
+import sys
+import time
 
 import pytest
 
-from hashlab.qtest import HOST_QEMU, QtestError, QtestExited, QtestMachine, QtestStartError, has_qtest_accel
-from hashlab.vdrv import NetRig, TapDevice, enumerate_bus
+from hashlab.host.qtest import HOST_QEMU, QtestError, QtestExited, QtestMachine, QtestStartError, has_qtest_accel
+from hashlab.host.tap import Tap
+from hashlab.vdrv import NetRig, enumerate_bus
 from hashlab.vdrv.pci import PciResourceAllocator
 
 # The QEMU under test: stock by default; HASHLAB_QTEST_QEMU picks another (the lab's patched one).
@@ -108,12 +111,31 @@ def test_qtest_tap_removed_even_on_failure(tmp_path):
     with pytest.raises(QtestStartError):
         rig.__enter__()
     assert rig.injector is not None and not rig.injector.exists()
-    with TapDevice(queues=3) as tap:
+    with Tap(queues=3) as tap:
         name = tap.name
         assert tap.exists()
         out = subprocess.run(["ip", "-d", "link", "show", name], capture_output=True, text=True).stdout
         assert "multi_queue" in out or "tun type tap" in out
-    assert not TapDevice(name=name).exists()
+    assert not Tap(name=name).exists()
+
+
+@need_tap
+def test_tap_gone_after_sigkill():
+    """A process SIGKILLed while it holds a tap leaves no device behind (no persistent
+    taps: the kernel deletes the device with the last queue fd)."""
+    code = ("import sys, time; from hashlab.host.tap import Tap; t = Tap(2).create(); "
+            "print(t.name, flush=True); time.sleep(60)")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        name = p.stdout.readline().strip()
+        assert name and Tap(name=name).exists()
+    finally:
+        p.kill()
+        p.wait()
+    deadline = time.monotonic() + 10
+    while Tap(name=name).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Tap(name=name).exists()
 
 
 @need_tap

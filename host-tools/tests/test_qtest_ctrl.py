@@ -9,9 +9,9 @@ import struct
 
 import pytest
 
-from hashlab import rss
-from hashlab.qtest import HOST_QEMU
-from hashlab.packets import corpus
+from hashlab.oracle import rss
+from hashlab.host.qtest import HOST_QEMU
+from hashlab.frames.packets import corpus
 from hashlab.vdrv import (
     VIRTIO_NET_CTRL_MQ,
     VIRTIO_NET_CTRL_MQ_HASH_CONFIG,

@@ -13,9 +13,9 @@ from collections import Counter
 
 import pytest
 
-from hashlab import rss
+from hashlab.oracle import rss
 from hashlab.build.qemu import find_qemu_entry
-from hashlab.packets import corpus
+from hashlab.frames.packets import corpus
 from hashlab.vdrv import NetRig
 from hashlab.vdrv.check import HashSetup, run_setup
 
@@ -76,8 +76,8 @@ def test_patched_stack_reports_spec_hashes(rig, setup, seen_reports):
 def test_hostile_frames_through_the_patched_stack(rig):
     """Malformed frames: each one delivered carries the oracle's hash and report (NONE
     where the spec says so), and the device keeps working afterwards."""
-    from hashlab.hostile import hostile
-    from hashlab.packets import CorpusFrame
+    from hashlab.frames.hostile import hostile
+    from hashlab.frames.packets import CorpusFrame
 
     frames = [CorpusFrame(i, h.slice, h.desc, h.data)
               for i, h in enumerate(hostile()) if len(h.data) <= 1514]
@@ -117,7 +117,7 @@ def test_qemu_fills_the_key_map_as_the_oracle_hashes(rig, seed):
     import random
     import struct
 
-    from hashlab import bpf
+    from hashlab.host import bpf
     from hashlab.vdrv.check import HashSetup
 
     rng = random.Random(seed)

@@ -8,7 +8,7 @@ Every received frame's exact ``hash_value``, ``hash_report`` and receive queue i
 checked against the oracle (``behaviour="qemu-software"``), which models QEMU 10.0's
 software path completely: its selection rules (virtio_net_get_hash_type) and its packet
 parser (net/eth.c).  The parser's departures from the spec's parsing rules (found by
-this suite, now named in ``hashlab.rss.DIVERGENCES``) and the spec-versus-QEMU
+this suite, now named in ``hashlab.oracle.rss.DIVERGENCES``) and the spec-versus-QEMU
 selection divergences (reference §2) are pinned by name.
 """
 
@@ -20,9 +20,9 @@ from collections import Counter
 
 import pytest
 
-from hashlab import rss
-from hashlab.qtest import HOST_QEMU
-from hashlab.packets import corpus
+from hashlab.oracle import rss
+from hashlab.host.qtest import HOST_QEMU
+from hashlab.frames.packets import corpus
 from hashlab.vdrv import NetRig
 from hashlab.vdrv.check import HashSetup, Outcome, run_setup
 
@@ -66,7 +66,7 @@ SETUPS = [
 
 
 # Where QEMU's parser and the spec's parsing rules part, on the corpus (descriptions
-# without the " #k"; names from hashlab.rss.DIVERGENCES).  Each is pinned by
+# without the " #k"; names from hashlab.oracle.rss.DIVERGENCES).  Each is pinned by
 # test_divergence_qemu_parser[...] below.
 PARSER_DIVERGENCES = {
     "qinq-8100-8100-not-parsed": ["802.1Q+802.1Q ipv4 udp"],
@@ -397,8 +397,8 @@ def test_qtest_hostile_frames_stock_qemu(rig, setup_name):
     """The hostile corpus through stock QEMU's software path: each delivered frame has
     the oracle's (qemu-software) hash, report and queue; nothing with an Ethernet header
     is lost; the device keeps receiving."""
-    from hashlab.hostile import hostile
-    from hashlab.packets import CorpusFrame
+    from hashlab.frames.hostile import hostile
+    from hashlab.frames.packets import CorpusFrame
 
     frames = [CorpusFrame(i, h.slice, h.desc, h.data)
               for i, h in enumerate(hostile()) if len(h.data) <= 1514]

@@ -19,8 +19,8 @@ from scapy.layers.inet6 import (
 )
 from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 
-from hashlab import rss
-from hashlab.rss import ALL_TYPES, LINUX_GUEST_TYPES, MS_KEY, HashType, Report
+from hashlab.oracle import rss
+from hashlab.oracle.rss import ALL_TYPES, LINUX_GUEST_TYPES, MS_KEY, HashType, Report
 
 T = HashType
 

@@ -1,4 +1,4 @@
-"""The oracle's QEMU models, divergence by divergence (``hashlab.rss.DIVERGENCES``).
+"""The oracle's QEMU models, divergence by divergence (``hashlab.oracle.rss.DIVERGENCES``).
 
 Each test builds the smallest frame that shows one named divergence and states, by
 hand, what the spec and the QEMU behaviour hash.  The models themselves were checked
@@ -14,8 +14,8 @@ import struct
 
 import pytest
 
-from hashlab import rss
-from hashlab.hostile import (
+from hashlab.oracle import rss
+from hashlab.frames.hostile import (
     AH, DST, HBH, ICMPV6, MH, RT, TCP, UDP, V4_DST, V4_SRC, V6_DST, V6_SRC, V6_HOA, V6_HOA2, V6_RH2, V6_RH2B,
     SPORT, DPORT, ETH_P_IP, ETH_P_IPV6,
     _dst, _hao_dst, _rh2, _v4_tcp, _v4_udp, _v6, ah, eth, hao, ipv4, ipv6, opt_pad,

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hashlab import guest, rss
+from hashlab.run import guest
+from hashlab.oracle import rss
 from hashlab.errors import UsageError
 from hashlab.paths import SCENARIOS_DIR
-from hashlab.scenario import drop_pins, load_scenario, parse_scenario
+from hashlab.run.scenario import drop_pins, load_scenario, parse_scenario
 
 BASE = {
     "name": "t",

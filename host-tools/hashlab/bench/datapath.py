@@ -2,7 +2,7 @@
 
 The rows are the ``scenarios/bench-*.yaml`` scenarios: one guest (the lab kernel, 2 queue
 pairs, Microsoft key), one corpus selection (IPv4/IPv6 TCP/UDP and IPv6 with extension
-headers), one load phase (``hashlab.load``), four datapaths:
+headers), one load phase (``hashlab.run.load``), four datapaths:
 
     bench-software     stock QEMU hashes in userspace, tap vhost=off (what exists)
     bench-ebpf-tap     patched QEMU: the eBPF program reports, tap vhost=off
@@ -220,8 +220,8 @@ def run(frames: int | None, rounds: int | None, rate: int | None, out_dir: Path,
     whose guest is lost twice within one boot (the orchestrator retries once), is booted
     again, up to ATTEMPTS times in all; every lost boot is listed (``lab_failures``).
     Wrong hashes are never retried."""
-    from .. import datapath
-    from ..scenario import load_scenario
+    from ..host import datapath
+    from ..run.scenario import load_scenario
 
     paths = scenario_paths()
     scs = [load_scenario(p) for p in paths]

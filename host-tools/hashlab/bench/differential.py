@@ -1,7 +1,7 @@
 """A BPF RSS program against the oracle, frame by frame (differential fuzzing).
 
 The program is QEMU's ``rss.bpf.o`` (or any object with the same three maps and
-result convention, e.g. the bench's prototype), loaded with :mod:`hashlab.bpf`, its
+result convention, e.g. the bench's prototype), loaded with :mod:`hashlab.host.bpf`, its
 maps filled per :class:`Config` the way QEMU fills them, and every frame run through
 ``BPF_PROG_TEST_RUN`` by the ``hashlab-testrun`` helper (:mod:`.testrun`).  What it
 returns is compared with the oracle (``rss.hash_info`` with ``behaviour``, by default
@@ -28,8 +28,9 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from .. import bpf, rss
-from ..rss import Report
+from ..host import bpf
+from ..oracle import rss
+from ..oracle.rss import Report
 from . import testrun
 
 

@@ -31,15 +31,15 @@ import json
 import os
 import platform
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import bpf, rss
+from ..host import bpf
+from ..oracle import rss
 from ..cache import CacheEntry, InputKey
 from ..errors import HashlabError, MissingToolError
-from ..hostile import (
+from ..frames.hostile import (
     DST, HBH, RT, TCP, V4_DST, V4_SRC, V6_RH2, eth, hao, ipv4, ipv6, opt_pad, opts_header,
     routing, tcp, udp,
 )
@@ -242,7 +242,7 @@ class Loaded:
 
 
 def _empty_prog() -> int:
-    from .. import linux
+    from ..uapi import linux
 
     return linux.prog_load(linux.BPF_PROG_TYPE_SOCKET_FILTER, linux.Asm().mov64(0, 0).exit().code(),
                            "hashlab_empty")
@@ -412,7 +412,7 @@ def run_part(where: str, samples: int = 7, target_ms: float = 50.0, log=print) -
 
 def run_lab_part(samples: int, target_ms: float, timeout: float = 1800, log=print) -> dict | None:
     """Run ``--lab-part`` inside the lab VM and return its result (None: no lab)."""
-    from .. import lab
+    from ..host import datapath
 
     try:
         from ..build import kernel as kb
@@ -426,10 +426,10 @@ def run_lab_part(samples: int, target_ms: float, timeout: float = 1800, log=prin
     out_dir = cache_root() / "bench" / "runs"
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / f"lab-part-{os.getpid()}.json"
-    cmd = [sys.executable, "-m", "hashlab", "bench", "program", "--lab-part", str(out),
-           "--samples", str(samples), "--target-ms", str(target_ms)]
+    cmd = datapath.hashlab_argv("bench", "program", "--lab-part", str(out),
+                                "--samples", str(samples), "--target-ms", str(target_ms))
     log("bench: running the lab part in the lab VM (TCG: a few minutes)")
-    res = lab.run(cmd, timeout=timeout)
+    res = datapath.run_in_lab(cmd, {}, timeout, log)
     if res.status != 0 or not out.is_file():
         raise BenchError(f"the lab part failed (status {res.status}); console log: {res.log}")
     data = json.loads(out.read_text())

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import struct
 
-from .. import rss
+from ..oracle import rss
 
 INPUT_MAX = 36
 def window(key: bytes, bit: int) -> int:

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import HashlabError
+from ..uapi.linux import SKB_SIZE  # struct __sk_buff with the lab series' vnet_* fields
 from . import tools
 
-SKB_SIZE = 200  # struct __sk_buff with the lab series' vnet_* fields
 _REC = struct.Struct("<iIIIIHH")
 
 

@@ -142,7 +142,7 @@ def cold_builds(log=print) -> dict[str, dict]:
 
 def lab_boot(log=print) -> dict:
     """Boot the lab VM for `cat /proc/uptime` (boot to command) and for `true`."""
-    from .. import lab
+    from ..host import lab
 
     fd, name = tempfile.mkstemp(prefix="hashlab-uptime-", dir=cache_root())
     os.close(fd)

@@ -390,11 +390,11 @@ def _memo_write(memo: Path | None, key: str) -> None:
 
 
 def _prepared(kernel, modules, module_dir, rebuild) -> GuestImage | None:
-    """In the lab VM: the image the host built for KERNEL (hashlab.datapath.prepare_lab);
+    """In the lab VM: the image the host built for KERNEL (hashlab.host.datapath.prepare_lab);
     hashing every input again over 9p under TCG takes half a minute."""
     if modules is not None or module_dir is not None or rebuild:
         return None
-    from ..datapath import prep
+    from ..host.datapath import prep
 
     d = prep().get("guest_images", {}).get(str(kernel))
     if d and (Path(d) / ".done").exists():

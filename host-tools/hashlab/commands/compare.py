@@ -12,7 +12,7 @@ from ..errors import Exit
 
 
 def register(sub):
-    from ..compare import DEFAULT_BASE, ROWS
+    from ..run.compare import DEFAULT_BASE, ROWS
 
     rows_help = "; ".join(f"{r.id}: {r.datapath}" for r in ROWS)
     p = sub.add_parser(
@@ -49,7 +49,8 @@ def register(sub):
 
 
 def _run(args) -> int:
-    from .. import compare as C
+    from ..results import matrix as M
+    from ..run import compare as C
     from ..paths import results_root
 
     rows = C.parse_rows(args.rows)
@@ -59,16 +60,16 @@ def _run(args) -> int:
     results, meta = C.compare(rows, out, Path(args.base), args.guest_kernel,
                               lab_timeout=args.lab_timeout, echo=echo,
                               run_lab=not args.no_lab, json_path=json_path)
-    doc = C.rows_to_json(results, meta)
+    doc = M.rows_to_json(results, meta)
     text = json.dumps(doc, indent=1, default=str) + "\n"
     out.mkdir(parents=True, exist_ok=True)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(text)
     if not args.quiet_table:
-        print(C.render_table(results))
+        print(M.render_table(results))
         print()
-        print(C.render_types(results))
-        notes = C.render_notes(results)
+        print(M.render_types(results))
+        notes = M.render_notes(results)
         if notes:
             print()
             print(notes)
@@ -76,14 +77,14 @@ def _run(args) -> int:
         print()
         print("wall time: " + ", ".join(f"{k} {v:.0f}s" for k, v in t.items()))
         if not args.no_report:
-            from ..htmlreport import write_reports
+            from ..results.htmlreport import write_reports
 
             paths = write_reports(results, meta, out)
             print("report: " + ", ".join(str(p) for p in paths) + f"; JSON: {json_path}")
-    bad = [r for r in results if r.status == C.ERROR or (r.status == C.RAN and not r.ok)]
+    bad = [r for r in results if r.status == M.ERROR or (r.status == M.RAN and not r.ok)]
     if bad:
         return Exit.FAILED
-    not_run = [r for r in results if r.status != C.RAN]
+    not_run = [r for r in results if r.status != M.RAN]
     if not_run and args.require_all:
         for r in not_run:
             print(f"hashlab compare: {r.id} did not run ({r.status}): {r.reason}",

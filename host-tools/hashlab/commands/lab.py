@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .. import lab
+from ..host import lab
 from ..errors import Exit
 
 

@@ -7,7 +7,7 @@ import json
 import sys
 
 from ..errors import UsageError
-from ..rss import BEHAVIOURS
+from ..oracle.rss import BEHAVIOURS
 
 DEFAULT_TABLE_SIZE = 128
 MAX_TABLE_SIZE = 1 << 16  # indirection_table_mask is a le16
@@ -61,7 +61,7 @@ def _split_slices(text: str | None) -> list[str] | None:
 
 
 def cmd_corpus(args: argparse.Namespace) -> int:
-    from .. import packets
+    from ..frames import packets
 
     slices = _split_slices(args.slices)
     try:
@@ -105,7 +105,8 @@ def _parse_table(args: argparse.Namespace) -> tuple[list[int], int]:
 
 
 def cmd_expect(args: argparse.Namespace) -> int:
-    from .. import packets, rss
+    from ..frames import packets
+    from ..oracle import rss
 
     if not 1 <= args.key_size <= 255:
         raise UsageError(f"--key-size {args.key_size}: must be 1..255")

@@ -55,9 +55,9 @@ def _out_for(args, sc, many: bool) -> Path | None:
 
 
 def _run(args) -> int:
-    from .. import datapath
+    from ..host import datapath
     from ..errors import HashlabError
-    from ..scenario import load_scenario
+    from ..run.scenario import load_scenario
 
     scs = [(path, load_scenario(path)) for path in args.scenario]
     for _, sc in scs:
@@ -152,10 +152,10 @@ def _prep_dir(args) -> Path:
 
 
 def _one(args, path, sc, out) -> int:
-    from .. import report
+    from ..results import report
     from ..errors import HashlabError
-    from ..orchestrator import run_scenario
-    from ..scenario import drop_pins
+    from ..run.orchestrator import run_scenario
+    from ..run.scenario import drop_pins
 
     try:
         res = asyncio.run(run_scenario(sc, out, kernel=args.kernel,
@@ -177,7 +177,7 @@ def _one(args, path, sc, out) -> int:
 
 
 def _only_stale(res) -> bool:
-    from .. import report
+    from ..results import report
 
     return all(f is None for _, f in res.checks) and \
         all(v.status == report.STALE_PIN for v in res.comparison.failures)

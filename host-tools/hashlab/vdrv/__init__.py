@@ -7,7 +7,7 @@ ones too) and sees the exact ``hash_value``/``hash_report`` the device writes.
 * :mod:`.virtio` – the virtio 1.x PCI transport and split virtqueues;
 * :mod:`.net` – the virtio-net driver: negotiation, control queue (RSS_CONFIG,
   HASH_CONFIG, VQ_PAIRS_SET), receive with the raw 20-byte header;
-* :mod:`.tap` – host-side injection: a multi-queue tap made with ioctls, or UDP;
+* :mod:`.dgram` – UDP injection for ``-netdev dgram`` (the tap is :mod:`hashlab.host.tap`);
 * :mod:`.rig` – all of it together: ``NetRig`` starts a tap, QEMU and the driver.
 """
 
@@ -35,5 +35,5 @@ from .net import (  # noqa: F401
 )
 from .pci import PciDevice, PciResourceAllocator, enumerate_bus  # noqa: F401
 from .rig import NetRig, RunResult  # noqa: F401
-from .tap import TapDevice, TapError, UdpInjector  # noqa: F401
+from .dgram import UdpInjector  # noqa: F401
 from .virtio import VIRTIO_F_VERSION_1, GuestMemory, SplitQueue, VirtioError, VirtioPciModern  # noqa: F401

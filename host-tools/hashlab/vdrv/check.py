@@ -10,8 +10,8 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .. import rss
-from ..packets import CorpusFrame
+from ..oracle import rss
+from ..frames.packets import CorpusFrame
 from .net import Ack, RxFrame
 from .rig import NetRig
 

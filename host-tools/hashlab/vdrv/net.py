@@ -12,7 +12,7 @@ import struct
 import time
 from dataclasses import dataclass
 
-from ..qtest import QtestMachine
+from ..host.qtest import QtestMachine
 from .pci import PciResourceAllocator, enumerate_bus
 from .virtio import (
     ACKNOWLEDGE,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..qtest import QtestMachine
+from ..host.qtest import QtestMachine
 
 CONFIG_ADDRESS = 0xCF8
 CONFIG_DATA = 0xCFC
@@ -32,7 +32,6 @@ PCI_COMMAND_MASTER = 1 << 2
 PCI_COMMAND_INTX_DISABLE = 1 << 10
 PCI_STATUS_CAP_LIST = 1 << 4
 
-PCI_CAP_ID_MSIX = 0x11
 PCI_CAP_ID_VNDR = 0x09
 
 
@@ -129,9 +128,6 @@ class PciDevice:
 
     def read32(self, reg: int) -> int:
         return self.cfg.read(self.bdf, reg, 4)
-
-    def write8(self, reg: int, v: int) -> None:
-        self.cfg.write(self.bdf, reg, 1, v)
 
     def write16(self, reg: int, v: int) -> None:
         self.cfg.write(self.bdf, reg, 2, v)

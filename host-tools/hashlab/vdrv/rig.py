@@ -7,7 +7,8 @@
         result = rig.run([f.data for f in corpus()])
         for sent, rx in result.matched: ...
 
-Everything is undone on exit (QEMU killed, tap deleted), failures included.
+Everything is undone on exit (QEMU killed, tap deleted), failures included; the tap is
+not persistent, so not even SIGKILL leaves it behind (``hashlab.host.tap``).
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..qtest import HOST_QEMU, QtestMachine
+from ..host.qemu_process import HOST_QEMU
+from ..host.qtest import QtestMachine
+from ..host.tap import Tap
+from .dgram import UdpInjector
 from .net import RxFrame, VirtioNet
-from .tap import TapDevice, UdpInjector
 
 
 @dataclass
@@ -66,14 +69,14 @@ class NetRig:
         self.device_json = device_json  # JSON -device properties instead of device_opts
         self.accel = accel
         self.qtest_log = qtest_log
-        self.injector: TapDevice | UdpInjector | None = None
+        self.injector: Tap | UdpInjector | None = None
         self.qt: QtestMachine | None = None
         self.net: VirtioNet | None = None
         self._stack = contextlib.ExitStack()
 
     def qemu_args(self) -> list[str]:
-        if isinstance(self.injector, TapDevice):
-            netdev = self.injector.netdev_arg("n0", vhost=self.vhost)
+        if isinstance(self.injector, Tap):
+            netdev = self.injector.netdev_arg("n0", "vhost=on" if self.vhost else "")
         else:
             netdev = self.injector.netdev_arg("n0")
         if self.device_json is not None:
@@ -92,14 +95,18 @@ class NetRig:
     def __enter__(self) -> "NetRig":
         try:
             if self.netdev == "tap":
-                self.injector = self._stack.enter_context(TapDevice(self.queues))
+                self.injector = self._stack.enter_context(Tap(self.queues))
+                fds = self.injector.fds
             else:
                 self.injector = UdpInjector()
                 self._stack.callback(self.injector.remove)
+                fds = []
             self.qt = self._stack.enter_context(QtestMachine(
                 self.qemu_args(), qemu_binary=self.qemu_binary, log_dir=self.log_dir,
                 name="virtio-net", accel=self.accel, qtest_log=self.qtest_log,
-                pass_fds=self.pass_fds))
+                pass_fds=(*fds, *self.pass_fds)))
+            if self.netdev == "tap":
+                self.injector.release()  # QEMU holds the queues: the tap now lives as long as it
             self.net = VirtioNet(self.qt, want=self.want, mrg_rxbuf=self.mrg_rxbuf,
                                  rx_queue_size=self.rx_queue_size).probe().init()
         except BaseException:
@@ -114,7 +121,7 @@ class NetRig:
         self._stack.close()
 
     def send(self, frame: bytes) -> None:
-        self.injector.send(frame)
+        self.injector.send_one(frame)
 
     def drain(self, quiet: float = 0.2) -> list[RxFrame]:
         """Collect whatever is still arriving until nothing comes for ``quiet`` s."""

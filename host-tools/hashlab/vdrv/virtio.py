@@ -10,7 +10,7 @@ import struct
 import time
 from dataclasses import dataclass
 
-from ..qtest import QtestError, QtestMachine
+from ..host.qtest import QtestError, QtestMachine
 from .pci import PCI_CAP_ID_VNDR, PciDevice
 
 # Device status bits.
@@ -22,8 +22,6 @@ DEVICE_NEEDS_RESET = 64
 FAILED = 128
 
 VIRTIO_F_VERSION_1 = 32
-VIRTIO_RING_F_INDIRECT_DESC = 28
-VIRTIO_RING_F_EVENT_IDX = 29
 
 # virtio_pci_cap.cfg_type
 CAP_COMMON = 1
@@ -284,10 +282,6 @@ class VirtioPciModern:
                 return data
         raise VirtioError(f"{self.pci}: device configuration keeps changing", self.qt.cmdline,
                           self.qt.log_path)
-
-    def isr_status(self) -> int:
-        """Read (and so clear) the ISR status."""
-        return self.qt.readb(self.isr)
 
     def setup_queue(self, index: int, size: int | None, mem: GuestMemory) -> SplitQueue:
         c = self.common

@@ -37,7 +37,7 @@ Identity: a Linux guest sees only a frame's length, so :func:`batches` splits th
 into batches whose frames have unique lengths.  Frames whose length is what they test
 (``fixed``: the ``truncated``, ``runt`` and ``jumbo`` slices, and the few others that
 end inside a header) keep it; the others may be padded with zero bytes after their end
-when that does not change how any modelled parser (``hashlab.rss``: spec,
+when that does not change how any modelled parser (``hashlab.oracle.rss``: spec,
 qemu-software, qemu-ebpf in both contexts) sees them.  Sending ``jumbo`` frames through
 a tap with ``AF_PACKET`` needs the tap's MTU raised (else ``EMSGSIZE``) and receive
 buffers that large in the guest.
@@ -97,7 +97,7 @@ V6_HOA2 = bytes.fromhex("20010db8ffff000000000000000000aa")
 V6_RH2B = bytes.fromhex("20010db8eeee000000000000000000bb")
 SPORT, DPORT = 40000, 443
 
-ETH_P_IP, ETH_P_IPV6, ETH_P_ARP = 0x0800, 0x86DD, 0x0806
+ETH_P_IP, ETH_P_IPV6 = 0x0800, 0x86DD
 TPIDS = (0x8100, 0x88A8, 0x9100)
 TCP, UDP, ICMP, ICMPV6, NONE = 6, 17, 1, 58, 59
 HBH, RT, FRAG, AH, DST, MH = 0, 43, 44, 51, 60, 135
@@ -612,7 +612,7 @@ class Batch(Sequence):
 
 def _pad_keeps_meaning(data: bytes, padded: bytes) -> bool:
     """Does every modelled parser see the padded frame like the original?"""
-    from . import rss  # imported lazily: hostile frames need no oracle
+    from ..oracle import rss  # imported lazily: hostile frames need no oracle
 
     for behaviour in ("spec", "qemu-software"):
         if rss.parse_frame(data, behaviour) != rss.parse_frame(padded, behaviour):

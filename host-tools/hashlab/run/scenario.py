@@ -70,9 +70,9 @@ from typing import Any
 
 import yaml
 
-from . import rss
-from .errors import UsageError
-from .machine import HOST_QEMU
+from ..oracle import rss
+from ..errors import UsageError
+from ..host.qemu_process import HOST_QEMU
 
 FLOWS = ("tcp4", "udp4", "tcp6", "udp6")
 FLOW_FIELDS = ("sdfn", "sd")
@@ -145,7 +145,7 @@ class DatapathSpec:
         if self.qemu == "stock":
             return HOST_QEMU
         if self.qemu == "patched":
-            from .datapath import patched_qemu
+            from ..host.datapath import patched_qemu
 
             return str(patched_qemu())
         return self.qemu
@@ -309,7 +309,7 @@ class _V:
 
 
 def parse_scenario(data: Any, where: str = "<scenario>", path: Path | None = None) -> Scenario:
-    from . import packets  # the corpus module; imported late (it pulls in scapy)
+    from ..frames import packets  # the corpus module; imported late (it pulls in scapy)
 
     v = _V(where)
     top = v.mapping("", data, {"name", "description", "guest", "datapath", "corpus", "expect",

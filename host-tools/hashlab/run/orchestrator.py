@@ -9,7 +9,7 @@ what the guest read back -> [reconfigure the guest, with filler traffic flowing,
 the next batch] -> write ``results.json`` and ``junit.xml``.
 
 The run keeps what the guest saw (``RunResult.batches``), so that the same observations
-can be judged against another model as well (hashlab.compare judges every row against
+can be judged against another model as well (hashlab.run.compare judges every row against
 the spec).
 
 Every resource is released on every path (tap via ``with``, QEMU via ``async with``),
@@ -29,16 +29,22 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import datapath
+from ..host import datapath
 from . import guest as guestmod
-from . import load, packets, report, retries, rss
-from .build.guest import build_guest
-from .errors import HashlabError
-from .machine import (GuestHang, Machine, MachineConfig, MachineError, QemuExited,
-                      QemuStartError, load_factor)
-from .paths import results_root
+from . import load
+from ..frames import packets
+from ..results import report
+from .. import retries
+from ..oracle import rss
+from ..build.guest import build_guest
+from ..errors import HashlabError
+from ..host.machine import (GuestHang, Machine, MachineConfig, MachineError, QemuExited,
+                            QemuStartError)
+from ..host.qemu_process import load_factor
+from ..paths import results_root
 from .scenario import Scenario
-from .tap import Tap, filler_frames
+from ..frames.filler import filler_frames
+from ..host.tap import Tap
 
 NIC_ID = "nic0"
 # Under KVM (in the lab VM, itself under TCG's emulated SVM) the guest gets no PMU: the
@@ -250,7 +256,7 @@ def diagnose_key(cmp: report.Comparison, frames, oracle: rss.RssConfig, quirk: s
     if explained == len(bad):
         return (f"all {len(bad)} hash mismatches match the key {akey.hex()}: the guest "
                 f"driver's RSS key quirk is '{alt}', not '{quirk}' "
-                f"(set guest.rss_key_quirk, see hashlab.guest.MISALIGNED_KEY_RANGES)")
+                f"(set guest.rss_key_quirk, see hashlab.run.guest.MISALIGNED_KEY_RANGES)")
     return None
 
 

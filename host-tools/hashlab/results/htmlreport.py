@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from . import compare as C
+from . import matrix as M
 
 EXPECTED_COLOUR = "#9aa5b1"
 OBSERVED_COLOUR = "#2f6fb0"
@@ -80,15 +80,15 @@ LEGEND = """\
   no hash at all for the mismatched pairing).  PASS = exactly as expected."""
 
 
-def markdown(rows: list[C.RowResult], meta: dict, svgs: dict[str, str]) -> str:
+def markdown(rows: list[M.RowResult], meta: dict, svgs: dict[str, str]) -> str:
     lines = ["# hashlab: virtio-net hash reporting, datapath by datapath", ""]
     t = meta.get("timings", {})
     lines += [f"Run {meta.get('finished', '?')}; base scenario `{meta.get('base')}`; "
               f"host kernel {meta.get('host_kernel')}; wall time "
               + ", ".join(f"{k} {v:.0f}s" for k, v in t.items()) + ".", ""]
-    lines += [C.render_table(rows), "", LEGEND, "", "## Per report type (against the spec)",
-              "", "```", C.render_types(rows), "```", ""]
-    notes = C.render_notes(rows)
+    lines += [M.render_table(rows), "", LEGEND, "", "## Per report type (against the spec)",
+              "", "```", M.render_types(rows), "```", ""]
+    notes = M.render_notes(rows)
     if notes:
         lines += ["## What QEMU said", "", "```", notes, "```", ""]
     lines += ["## Receive queues: expected (spec) vs observed", ""]
@@ -97,22 +97,22 @@ def markdown(rows: list[C.RowResult], meta: dict, svgs: dict[str, str]) -> str:
             lines += [f"### {r.id}: {r.datapath}", "", f"![queues of {r.id}]({svgs[r.id]})", ""]
     lines += ["## Rows", ""]
     for r in rows:
-        lines.append(f"* `{r.id}` — {r.datapath}: {C.verdict(r)}"
+        lines.append(f"* `{r.id}` — {r.datapath}: {M.verdict(r)}"
                      + (f" (results: `{r.results_dir}`)" if r.results_dir else ""))
     return "\n".join(lines) + "\n"
 
 
-def _html_table(rows: list[C.RowResult]) -> str:
+def _html_table(rows: list[M.RowResult]) -> str:
     e = html.escape
-    head = "".join(f"<th>{e(c)}</th>" for c in C.TABLE_COLUMNS)
+    head = "".join(f"<th>{e(c)}</th>" for c in M.TABLE_COLUMNS)
     body = []
-    for r, cells in zip(rows, C.table_rows(rows)):
-        cls = ("pass" if r.ok else "fail") if r.status == C.RAN else "skip"
+    for r, cells in zip(rows, M.table_rows(rows)):
+        cls = ("pass" if r.ok else "fail") if r.status == M.RAN else "skip"
         body.append(f'<tr class="{cls}">' + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def html_report(rows: list[C.RowResult], meta: dict, svg_text: dict[str, str]) -> str:
+def html_report(rows: list[M.RowResult], meta: dict, svg_text: dict[str, str]) -> str:
     e = html.escape
     t = meta.get("timings", {})
     parts = ["<!doctype html><html><head><meta charset='utf-8'>",
@@ -134,8 +134,8 @@ def html_report(rows: list[C.RowResult], meta: dict, svg_text: dict[str, str]) -
              "<ul>" + "".join(f"<li>{e(li.lstrip('* '))}</li>" for li in
                               LEGEND.replace("\n  ", " ").splitlines()) + "</ul>",
              "<h2>Per report type (against the spec)</h2>",
-             f"<pre>{e(C.render_types(rows))}</pre>"]
-    notes = C.render_notes(rows)
+             f"<pre>{e(M.render_types(rows))}</pre>"]
+    notes = M.render_notes(rows)
     if notes:
         parts += ["<h2>What QEMU said</h2>", f"<pre>{e(notes)}</pre>"]
     parts.append("<h2>Receive queues: expected (spec) vs observed</h2><div class='charts'>")
@@ -145,19 +145,19 @@ def html_report(rows: list[C.RowResult], meta: dict, svg_text: dict[str, str]) -
                          f"{e(r.datapath)}</figcaption></figure>")
     parts.append("</div><h2>Rows</h2><ul>")
     for r in rows:
-        parts.append(f"<li><code>{e(r.id)}</code> — {e(r.datapath)}: {e(C.verdict(r))}"
+        parts.append(f"<li><code>{e(r.id)}</code> — {e(r.datapath)}: {e(M.verdict(r))}"
                      + (f" (<code>{e(r.results_dir)}</code>)" if r.results_dir else "") + "</li>")
     parts.append("</ul></body></html>")
     return "\n".join(parts) + "\n"
 
 
-def write_reports(rows: list[C.RowResult], meta: dict, out: Path) -> list[Path]:
+def write_reports(rows: list[M.RowResult], meta: dict, out: Path) -> list[Path]:
     """OUT/report.md, OUT/report.html and OUT/queues-<row>.svg; returns the reports."""
     out.mkdir(parents=True, exist_ok=True)
     svg_files: dict[str, str] = {}
     svg_text: dict[str, str] = {}
     for r in rows:
-        q = r.spec.get("queues") if r.status == C.RAN else None
+        q = r.spec.get("queues") if r.status == M.RAN else None
         if q:
             text = queue_svg(q, f"{r.id}: frames per receive queue")
             name = f"queues-{r.id}.svg"

@@ -26,7 +26,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import HashlabError, MissingToolError
+from ..errors import HashlabError, MissingToolError
 
 # enum bpf_prog_type values this module needs.
 PROG_TYPE_SOCKET_FILTER = 1
@@ -131,7 +131,7 @@ def default_libbpf_path() -> str | None:
         candidates.append(Path(entry))
     else:
         try:
-            from .build.qemu import find_kernel_entry
+            from ..build.qemu import find_kernel_entry
 
             found = find_kernel_entry(build=False)
             if found:

@@ -24,12 +24,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import retries
-from .errors import Exit, HashlabError, MissingToolError
-from .paths import REPO, cache_root
+from .. import retries
+from ..errors import Exit, HashlabError, MissingToolError
+from ..paths import REPO, cache_root
+from .qemu_process import PANIC_RE, load_factor
 
 # Panics, oopses and warnings as the kernel prints them on the console.
-PANIC_RE = re.compile(r"Kernel panic - not syncing|---\[ end Kernel panic")
 OOPS_RE = re.compile(r"\bOops:|BUG: |WARNING: CPU: \d+ PID: |general protection fault")
 # Under TCG the lab kernel's early TSC calibration (against the emulated PIT) can be off
 # by more than KVM's 250 ppm from the refined value; KVM then gives every guest a scaled
@@ -73,14 +73,6 @@ class LabResult:
     log: Path
     seconds: float
     oopses: list[str] = field(default_factory=list)
-
-
-def load_factor() -> float:
-    """How much slower than idle this machine is now (>= 1): boots scale with it."""
-    try:
-        return max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
-    except OSError:
-        return 1.0
 
 
 def vng_path() -> str:

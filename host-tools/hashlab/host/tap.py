@@ -7,6 +7,10 @@ mixed into the guest's traffic) and brings it up.  QEMU gets the fds
 (``-netdev tap,fds=a:b:...``); once QEMU holds them we drop ours with ``release()`` —
 a queue fd nobody reads would swallow the frames the tap steers to it.
 
+The tap is never persistent, so a process that dies, however it dies, leaves no device
+behind: the kernel deletes it with the last fd (ours or QEMU's, and QEMU dies with us).
+Guests (``hashlab.run``) and the qtest rig (``hashlab.vdrv``) both use it.
+
 Frames written on the host side of the tap with an AF_PACKET socket (``send``) arrive
 in the guest.  Sending is paced (small batches, a pause between) so that a slow TCG guest
 does not make the tap's queue overflow.
@@ -19,22 +23,16 @@ import fcntl
 import itertools
 import os
 import socket
-import struct
 import subprocess
 import threading
 import time
 from pathlib import Path
 from typing import Iterable
 
-from .errors import Exit, HashlabError
-from .hostile import ip_checksum
+from ..errors import Exit, HashlabError
+from ..uapi.linux import IFF_MULTI_QUEUE, IFF_NO_PI, IFF_TAP, IFF_VNET_HDR, TUNSETIFF, TUNSETPERSIST, ifreq
 
-TUNSETIFF = 0x400454CA
-TUNSETPERSIST = 0x400454CB
-IFF_TAP = 0x0002
-IFF_NO_PI = 0x1000
-IFF_MULTI_QUEUE = 0x0100
-IFF_VNET_HDR = 0x4000
+FLAGS = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE
 TUN_DEV = "/dev/net/tun"
 SYS_NET = Path("/sys/class/net")
 
@@ -63,13 +61,13 @@ class Tap:
         self.name = name or default_name()
         self.fds: list[int] = []
         self._created = False
+        self._sock: socket.socket | None = None  # send_one's, kept open until delete()
 
     # -------------------------------------------------------------- lifecycle
     def create(self) -> "Tap":
         if exists(self.name):
             raise TapError(f"network interface {self.name} already exists")
-        flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE
-        ifr = struct.pack("16sH22x", self.name.encode(), flags)
+        ifr = ifreq(self.name, FLAGS)
         try:
             for _ in range(self.queues):
                 fd = os.open(TUN_DEV, os.O_RDWR | os.O_CLOEXEC)
@@ -121,6 +119,9 @@ class Tap:
     def delete(self) -> None:
         """Close our fds and make sure the device is gone (idempotent)."""
         self.release()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
         if not self._created:
             return
         if exists(self.name):
@@ -128,9 +129,7 @@ class Tap:
             try:
                 fd = os.open(TUN_DEV, os.O_RDWR | os.O_CLOEXEC)
                 try:
-                    ifr = struct.pack("16sH22x", self.name.encode(),
-                                      IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE)
-                    fcntl.ioctl(fd, TUNSETIFF, ifr)
+                    fcntl.ioctl(fd, TUNSETIFF, ifreq(self.name, FLAGS))
                     fcntl.ioctl(fd, TUNSETPERSIST, 0)
                 finally:
                     os.close(fd)
@@ -143,6 +142,9 @@ class Tap:
 
     def __exit__(self, *exc) -> None:
         self.delete()
+
+    def exists(self) -> bool:
+        return exists(self.name)
 
     # -------------------------------------------------------------- statistics
     def stats(self) -> dict[str, int]:
@@ -183,6 +185,14 @@ class Tap:
             return n
         finally:
             s.close()
+
+    def send_one(self, frame: bytes) -> None:
+        """Write one frame, unpaced: for a caller that paces itself (the qtest rig sends
+        batches that fit in a receive queue)."""
+        if self._sock is None:
+            self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+            self._sock.bind((self.name, 0))
+        self._sock.send(bytes(frame))
 
     def _try_send(self, send, data: bytes, what: str) -> int:
         """1 if DATA went out, 0 if the transmit queue was full (skipped, not an error)."""
@@ -239,26 +249,3 @@ class Tap:
         finally:
             s.close()
 
-
-def filler_frames(lengths: Iterable[int], dst_mac: str, src_mac: str = "02:68:6c:61:62:02",
-                  seed: int = 1) -> list[bytes]:
-    """IPv4/UDP frames of the given lengths, one flow each (varying ports), for
-    background traffic; frames are told apart from the corpus by their length."""
-    import random
-
-    rng = random.Random(seed)
-    dst = bytes.fromhex(dst_mac.replace(":", ""))
-    src = bytes.fromhex(src_mac.replace(":", ""))
-    out = []
-    for n in lengths:
-        if n < 14 + 20 + 8:
-            continue
-        payload = b"HLFILL".ljust(n - 42, b"\x5a")
-        udp = struct.pack("!HHHH", rng.randrange(1024, 65535), rng.randrange(1024, 65535),
-                          8 + len(payload), 0) + payload
-        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), rng.randrange(65536), 0, 64,
-                         17, 0, bytes([10, 99, rng.randrange(256), rng.randrange(1, 255)]),
-                         bytes([10, 98, 0, 1]))
-        ip = ip[:10] + struct.pack("!H", ip_checksum(ip)) + ip[12:]
-        out.append(dst + src + b"\x08\x00" + ip + udp)
-    return out

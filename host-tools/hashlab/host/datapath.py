@@ -18,9 +18,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .errors import MissingToolError
-from .machine import HOST_QEMU
-from .paths import REPO, cache_root
+from ..errors import MissingToolError
+from .qemu_process import HOST_QEMU
+from ..paths import REPO, cache_root
 
 # Set by lab.run() for every command in the lab VM (and by scripts/test lab).
 LAB_ENV = ("HASHLAB_LAB_KERNEL", "HASHLAB_IN_LAB")
@@ -37,7 +37,7 @@ def in_lab() -> bool:
 def patched_qemu_entry() -> Path | None:
     """The cache entry of the patched QEMU for the current inputs, if it is built."""
     try:
-        from .build import qemu as qb
+        from ..build import qemu as qb
     except ImportError:
         return None
     for mode in ("auto", "kernel", "system"):
@@ -70,7 +70,7 @@ def lab_kernel_path() -> Path | None:
     if env and Path(env).is_file():
         return Path(env)
     try:
-        from .build import kernel as kb
+        from ..build import kernel as kb
 
         e = kb.entry()
     except Exception:
@@ -83,7 +83,7 @@ def lab_kernel_path() -> Path | None:
 def stock_lab_kernel_path() -> Path | None:
     """The control lab kernel (same source and config, no series), if built."""
     try:
-        from .build import kernel as kb
+        from ..build import kernel as kb
 
         e = kb.entry(stock=True)
     except Exception:
@@ -120,7 +120,7 @@ def qemu_version(binary: str | Path) -> str:
 
 def kernel_has_series() -> bool:
     """Does the running kernel load BPF_PROG_TYPE_VNET_HASH programs (the RFC series)?"""
-    from . import linux as L
+    from ..uapi import linux as L
 
     a = L.Asm()
     a.mov64(0, 0).exit()
@@ -167,7 +167,7 @@ def qemu_label(kind: str) -> str:
 
 def corpus(seed: int):
     """``packets.corpus(seed)``, cached on disk (keyed by the corpus and oracle sources)."""
-    from . import packets
+    from ..frames import packets
 
     src = Path(packets.__file__).read_bytes()
     lock = REPO / "requirements.lock"  # pins scapy, which builds the frames
@@ -197,7 +197,7 @@ def prepare_lab(guest_kernels: set[str], seeds: set[int], out: Path,
                 need_patched: bool) -> tuple[Path, dict[str, str]]:
     """Build (cached) what lab runs need and write the prep JSON; returns its path and
     the environment for lab.run.  Raises MissingToolError for what is not built."""
-    from .build.guest import build_guest
+    from ..build.guest import build_guest
 
     images = {}
     for k in sorted(guest_kernels):

@@ -7,7 +7,7 @@ runs the base scenario (default ``scenarios/software-rss.yaml``: 2 queue pairs, 
 key, equal table, the whole corpus) with its datapath, and is judged twice from the
 same observations:
 
-* against the **spec** (``hashlab.rss`` behaviour "spec"), for the table: how many of
+* against the **spec** (``hashlab.oracle.rss`` behaviour "spec"), for the table: how many of
   the frames the guest saw carried the right hash value and type class, and arrived on
   the right queue;
 * against **the row's own model** (what that datapath is known to do: QEMU's software
@@ -18,8 +18,8 @@ same observations:
 A row that cannot run says why ("not built: ...", "not supported: ..."); it is never
 silently missing.  ``run_rows`` runs rows here; ``compare`` (the ``hashlab compare``
 command) runs the host rows here and all lab rows in one lab VM boot, and merges both
-into one table and one JSON document.  Rendering and merging are pure functions over
-``RowResult`` (tests/test_compare_matrix.py).
+into one table and one JSON document.  Merging here and rendering (``hashlab.results.matrix``)
+are pure functions over ``RowResult`` (tests/test_compare_matrix.py).
 """
 
 from __future__ import annotations
@@ -31,24 +31,22 @@ import json
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import yaml
 
-from . import datapath, report, rss
-from .errors import HashlabError, MissingToolError, UsageError
-from .paths import SCENARIOS_DIR
+from ..host import datapath
+from ..results import report
+from ..oracle import rss
+from ..errors import HashlabError, MissingToolError, UsageError
+from ..paths import SCENARIOS_DIR
+from ..results.matrix import (ERROR, NOT_BUILT, NOT_SUPPORTED, RAN, RowResult, queues_cell,
+                              rows_from_json, rows_to_json, verdict)
 from .scenario import DatapathSpec
 
 DEFAULT_BASE = SCENARIOS_DIR / "software-rss.yaml"
-
-# Row status
-RAN = "ran"
-NOT_BUILT = "not built"
-NOT_SUPPORTED = "not supported"
-ERROR = "error"
 
 
 @dataclass(frozen=True)
@@ -122,41 +120,32 @@ def parse_rows(text: str | None) -> list[Row]:
     return [r for r in ROWS if r.id in want]
 
 
-# --------------------------------------------------------------------------- results
+def _queue_share(r: RowResult) -> float | None:
+    s = r.spec or {}
+    return s["queue_right"] / s["queue_checked"] if s.get("queue_checked") else None
 
 
-@dataclass
-class RowResult:
-    id: str
-    datapath: str
-    status: str  # ran | not built | not supported | error
-    reason: str = ""
-    qemu: str = ""  # "stock 10.0.2"
-    kernel: str = ""  # "host 6.18.44 (no series)"
-    where: str = ""
-    vhost: bool = False
-    model: str = ""
-    hash_report_offered: bool | None = None  # QEMU offers it to the guest
-    hash_report_negotiated: bool | None = None
-    rss_negotiated: bool | None = None
-    vhost_running: bool | None = None
-    spec: dict = field(default_factory=dict)  # judged against the spec
-    own: dict = field(default_factory=dict)  # judged against the row's model
-    ok: bool | None = None  # the row behaved as its model says
-    seconds: float = 0.0
-    results_dir: str = ""
-    qemu_warnings: list[str] = field(default_factory=list)
-    checks: list[dict] = field(default_factory=list)
-    retries: list[str] = field(default_factory=list)  # VM failures retried (nested KVM)
-    regression: str = ""  # what it lost against its baseline row (the kernel without the series)
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, d: dict) -> "RowResult":
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in d.items() if k in known})
+def find_regressions(rows: list[RowResult]) -> None:
+    """Mark each row that gives less than its baseline row (the same QEMU and vhost on
+    the kernel without the series): RSS lost, fewer frames on the right queue, or
+    hashes lost.  Such a row is not ok, whatever its own model says."""
+    by_id = {r.id: r for r in rows}
+    for r in rows:
+        row = ROWS_BY_ID.get(r.id)
+        b = by_id.get(row.baseline) if row and row.baseline else None
+        if r.status != RAN or b is None or b.status != RAN:
+            continue
+        lost = []
+        if b.rss_negotiated and not r.rss_negotiated:
+            lost.append("RSS")
+        qr, qb = _queue_share(r), _queue_share(b)
+        if qb is not None and (qr is None or qr < qb):
+            lost.append(f"right queues {queues_cell(r)} < {queues_cell(b)}")
+        if b.spec.get("check_hash") and not r.spec.get("check_hash"):
+            lost.append("hash reports")
+        if lost:
+            r.regression = f"{', '.join(lost)} vs {b.id}"
+            r.ok = False
 
 
 def judge(cmp: report.Comparison) -> dict:
@@ -360,163 +349,6 @@ def merge(order: list[Row], *parts: list[RowResult]) -> list[RowResult]:
         out.append(by_id.get(row.id) or placeholder(
             row, ERROR, "no result (the run that should have produced it did not report it)"))
     return out
-
-
-def rows_to_json(rows: list[RowResult], meta: dict | None = None) -> dict:
-    return {"hashlab_compare": 1, "meta": meta or {}, "rows": [r.to_json() for r in rows]}
-
-
-def rows_from_json(doc: dict) -> list[RowResult]:
-    if doc.get("hashlab_compare") != 1:
-        raise UsageError("not a hashlab compare JSON document")
-    return [RowResult.from_json(r) for r in doc["rows"]]
-
-
-# --------------------------------------------------------------------------- rendering
-
-
-def _frac(n: int | None, m: int | None) -> str:
-    if n is None or not m:
-        return "—"
-    return f"{n}/{m} ({100 * n / m:.0f}%)" if n != m else f"{n}/{m}"
-
-
-def offered_cell(r: RowResult) -> str:
-    if r.status != RAN:
-        return "—"
-    if not r.hash_report_offered:
-        return "no"
-    return "yes, negotiated" if r.hash_report_negotiated else "yes, not negotiated"
-
-
-def hashes_cell(r: RowResult) -> str:
-    if r.status != RAN or not r.spec:
-        return "—"
-    if not r.spec.get("check_hash"):
-        return "n/a (guest gets no hashes)" if not r.hash_report_negotiated else "n/a (rxhash off)"
-    return _frac(r.spec["hash_right"], r.spec["seen"])
-
-
-def queues_cell(r: RowResult) -> str:
-    if r.status != RAN or not r.spec:
-        return "—"
-    if not r.spec.get("queue_checked"):
-        return "n/a (no RSS)"
-    return _frac(r.spec["queue_right"], r.spec["queue_checked"])
-
-
-def _queue_share(r: RowResult) -> float | None:
-    s = r.spec or {}
-    return s["queue_right"] / s["queue_checked"] if s.get("queue_checked") else None
-
-
-def find_regressions(rows: list[RowResult]) -> None:
-    """Mark each row that gives less than its baseline row (the same QEMU and vhost on
-    the kernel without the series): RSS lost, fewer frames on the right queue, or
-    hashes lost.  Such a row is not ok, whatever its own model says."""
-    by_id = {r.id: r for r in rows}
-    for r in rows:
-        row = ROWS_BY_ID.get(r.id)
-        b = by_id.get(row.baseline) if row and row.baseline else None
-        if r.status != RAN or b is None or b.status != RAN:
-            continue
-        lost = []
-        if b.rss_negotiated and not r.rss_negotiated:
-            lost.append("RSS")
-        qr, qb = _queue_share(r), _queue_share(b)
-        if qb is not None and (qr is None or qr < qb):
-            lost.append(f"right queues {queues_cell(r)} < {queues_cell(b)}")
-        if b.spec.get("check_hash") and not r.spec.get("check_hash"):
-            lost.append("hash reports")
-        if lost:
-            r.regression = f"{', '.join(lost)} vs {b.id}"
-            r.ok = False
-
-
-def verdict(r: RowResult) -> str:
-    if r.status != RAN:
-        return f"{r.status}: {r.reason}"
-    if r.regression:
-        return f"REGRESSION: lost {r.regression}"
-    fails = [c["name"] for c in r.checks if not c["ok"]]
-    own = r.own or {}
-    if r.ok:
-        extra = f", {own['known']} pinned" if own.get("known") else ""
-        return f"PASS (= {r.model}{extra})"
-    bits = []
-    if own.get("mismatch"):
-        bits.append(f"{own['mismatch']} mismatches vs {own.get('behaviour')}")
-    if own.get("missing"):
-        bits.append(f"{own['missing']} missing")
-    if own.get("stale_pin"):
-        bits.append(f"{own['stale_pin']} stale pins")
-    if fails:
-        bits.append("failed checks: " + ", ".join(fails))
-    return "FAIL: " + ("; ".join(bits) or "see " + r.results_dir)
-
-
-TABLE_COLUMNS = ["datapath", "QEMU", "kernel", "hash report offered", "hashes right",
-                 "queues right", "verdict", "time"]
-
-
-def table_rows(rows: list[RowResult]) -> list[list[str]]:
-    return [[r.datapath, r.qemu or "—", r.kernel or "—", offered_cell(r), hashes_cell(r),
-             queues_cell(r), verdict(r), f"{r.seconds:.0f}s" if r.seconds else "—"]
-            for r in rows]
-
-
-def render_table(rows: list[RowResult]) -> str:
-    """A Markdown table (readable as plain text too)."""
-    body = table_rows(rows)
-    widths = [max(len(c), *(len(b[i]) for b in body)) for i, c in enumerate(TABLE_COLUMNS)]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
-    out = [line(TABLE_COLUMNS), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    out += [line(b) for b in body]
-    return "\n".join(out)
-
-
-REPORT_ORDER = [r.name for r in rss.Report]
-
-
-def render_types(rows: list[RowResult]) -> str:
-    """Per report type (the spec's), per row that ran: hashes right / frames seen."""
-    ran = [r for r in rows if r.status == RAN and r.spec.get("by_type")]
-    if not ran:
-        return "(no row ran)"
-    types = [t for t in REPORT_ORDER if any(t in r.spec["by_type"] for r in ran)]
-    head = ["hashes right, by type"] + [r.id for r in ran]
-    body = []
-    for t in types:
-        cells = [t]
-        for r in ran:
-            b = r.spec["by_type"].get(t)
-            if b and not r.spec.get("check_hash"):  # nothing to judge: no hash reaches the guest
-                cells.append("n/a")
-            else:
-                cells.append("—" if not b else f"{b['hash_right']}/{b['seen']}")
-        body.append(cells)
-    cells = ["(queues right)"]
-    for r in ran:
-        s = r.spec
-        cells.append(f"{s['queue_right']}/{s['queue_checked']}" if s.get("queue_checked") else "—")
-    body.append(cells)
-    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
-    fmt = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w)
-                                  for i, (c, w) in enumerate(zip(cells, widths)))
-    return "\n".join([fmt(head)] + [fmt(b) for b in body])
-
-
-def render_notes(rows: list[RowResult]) -> str:
-    out = []
-    for r in rows:
-        if r.status == RAN:
-            for w in r.qemu_warnings:
-                out.append(f"{r.id}: QEMU: {w}")
-            if r.vhost and not r.vhost_running:
-                out.append(f"{r.id}: vhost=on but vhost_net is NOT running")
-            for t in r.retries:
-                out.append(f"{r.id}: retried after a VM failure ({t[:150]})")
-    return "\n".join(out)
 
 
 # --------------------------------------------------------------------------- the command

@@ -26,9 +26,9 @@ import statistics
 from pathlib import Path
 
 from . import guest as guestmod
-from . import report
-from .machine import Machine
-from .tap import Tap
+from ..results import report
+from ..host.machine import Machine
+from ..host.tap import Tap
 
 # Below this, a delivered rate within 10% of the sender's rate says the sender was the
 # limit of the round (its rate is a lower bound of the datapath's).

@@ -179,7 +179,7 @@ def drop_capabilities(*caps: int) -> None:
 # ---- tun ------------------------------------------------------------------------------
 
 TUNSETIFF = 0x400454CA
-TUNSETOFFLOAD = 0x400454D0
+TUNSETPERSIST = 0x400454CB
 TUNSETVNETHDRSZ = 0x400454D8
 TUNSETVNETLE = 0x400454DC
 TUNSETSTEERINGEBPF = 0x800454E0
@@ -191,11 +191,16 @@ IFF_VNET_HDR = 0x4000
 IFF_MULTI_QUEUE = 0x0100
 
 
+def ifreq(name: str, flags: int) -> bytes:
+    """``struct ifreq`` with ``ifr_name`` and ``ifr_flags`` (what TUNSETIFF takes)."""
+    return struct.pack("16sH22x", name.encode(), flags)
+
+
 def tap_queue(name: str, flags: int = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE) -> int:
     """Open one queue of tap ``name`` (created by the first open); returns its fd."""
     fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
     try:
-        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), flags))
+        fcntl.ioctl(fd, TUNSETIFF, ifreq(name, flags))
     except BaseException:
         os.close(fd)
         raise

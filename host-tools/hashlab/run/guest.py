@@ -13,8 +13,10 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from . import report, rss
-from .machine import Machine, load_factor
+from ..results import report
+from ..oracle import rss
+from ..host.machine import Machine
+from ..host.qemu_process import load_factor
 from .scenario import GuestSpec
 
 IFNAME = "eth0"
@@ -264,7 +266,7 @@ async def configure(vm: Machine, spec: GuestSpec, queues: int,
 
 
 async def reconfigure(vm: Machine, step, model: DriverModel) -> list[dict]:
-    """Apply one ``reconfigure`` step (hashlab.scenario.ReconfigStep) in the guest."""
+    """Apply one ``reconfigure`` step (hashlab.run.scenario.ReconfigStep) in the guest."""
     log: list[dict] = []
 
     async def run(verb: str, *args: str) -> None:

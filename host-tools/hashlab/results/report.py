@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
-from .rss import Expectation, Report
+from ..oracle.rss import Expectation, Report
 
 ETH_HLEN = 14
 

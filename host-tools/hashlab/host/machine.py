@@ -23,7 +23,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import shlex
 import signal
 import socket
@@ -34,22 +33,13 @@ from typing import Any
 
 from qemu.qmp import QMPClient
 
-from .errors import Exit, HashlabError
-from .paths import results_root
+from ..errors import Exit, HashlabError
+from ..paths import results_root
+from .qemu_process import HOST_QEMU, PANIC_BYTES_RE, load_factor
 
 log = logging.getLogger(__name__)
 
-HOST_QEMU = "/usr/bin/qemu-system-x86_64"
-PANIC_RE = re.compile(rb"Kernel panic - not syncing|---\[ end Kernel panic")
 AGENT_PORT = "hashlab.0"
-
-
-def load_factor() -> float:
-    """How much slower than idle the machine is now (>= 1); timeouts scale with it."""
-    try:
-        return max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
-    except OSError:
-        return 1.0
 
 
 class MachineError(HashlabError):
@@ -292,7 +282,7 @@ class Machine:
             raise self._err(GuestPanic, f"{self._panic_reason} (while waiting for {what})")
         if exit_t in done:
             await asyncio.sleep(0.2)  # drain the console
-            if self._panicked.is_set() or PANIC_RE.search(self.console_tail):
+            if self._panicked.is_set() or PANIC_BYTES_RE.search(self.console_tail):
                 raise self._err(GuestPanic, f"panic on the console, QEMU exited "
                                             f"(status {self.proc.returncode})")
             raise self._err(on_exit, f"QEMU exited with status {self.proc.returncode} "
@@ -316,7 +306,7 @@ class Machine:
                 self.last_progress = time.monotonic()
                 self.console_tail = (self.console_tail + data)[-65536:]
                 if not self._panicked.is_set():
-                    m = PANIC_RE.search(self.console_tail)
+                    m = PANIC_BYTES_RE.search(self.console_tail)
                     if m:
                         line = self.console_tail[m.start():].split(b"\n", 1)[0]
                         self._panic_reason = "console: " + line.decode(errors="replace").strip()

@@ -43,7 +43,8 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from .errors import Exit, HashlabError
+from ..errors import Exit, HashlabError
+from .qemu_process import HOST_QEMU, die_with_parent, load_factor
 
 __all__ = [
     "HOST_QEMU",
@@ -54,7 +55,6 @@ __all__ = [
     "has_qtest_accel",
 ]
 
-HOST_QEMU = "/usr/bin/qemu-system-x86_64"
 HALT_FIRMWARE_SIZE = 64 * 1024  # x86 firmware images must be a multiple of 64 KiB
 _ACCEL_CACHE: dict[str, bool] = {}
 
@@ -70,22 +70,6 @@ def has_qtest_accel(qemu_binary: str | os.PathLike = HOST_QEMU) -> bool:
         with QtestMachine(qemu_binary=key, machine="none", accel="auto"):
             pass
     return _ACCEL_CACHE[key]
-
-
-def _load_factor() -> float:
-    try:
-        return max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
-    except OSError:
-        return 1.0
-
-
-def die_with_parent() -> None:
-    """In the child: SIGKILL it when the test process dies, however it dies (a halted
-    TCG guest would otherwise outlive a SIGKILLed pytest)."""
-    import ctypes
-
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class QtestError(HashlabError):
@@ -152,7 +136,7 @@ class QtestMachine:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.log_dir / f"{name}.log"
         self.qtest_log_path = self.log_dir / f"{name}.qtest.log" if qtest_log else None
-        self.timeout = timeout * _load_factor()
+        self.timeout = timeout * load_factor()
         if accel not in ("auto", "qtest", "tcg"):
             raise ValueError(f"accel must be auto, qtest or tcg, not {accel!r}")
         self.requested_accel = accel

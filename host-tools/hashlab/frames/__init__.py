@@ -1,0 +1,1 @@
+"""Frames to send: the scapy-built corpus, the hostile set, filler traffic, pcap files."""

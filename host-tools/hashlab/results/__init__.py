@@ -1,0 +1,1 @@
+"""Judging and writing results: verdicts against the oracle, JUnit, tables, HTML."""
