@@ -1,4 +1,4 @@
-"""The hostile corpus (hashlab.hostile) and the oracle's totality on hostile input."""
+"""The hostile corpus (hashlab.frames.hostile) and the oracle's totality on hostile input."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Kernel-level tests of the series, run inside the lab VM (patched kernel).
 
-They talk to the kernel through its raw UAPI (hashlab.linux): a hand-assembled
+They talk to the kernel through its raw UAPI (hashlab.uapi.linux): a hand-assembled
 VNET_HASH program steers a multi-queue tap and reports a hash that depends on the
 packet, and the tests read the tap the way QEMU and vhost_net do.
 """

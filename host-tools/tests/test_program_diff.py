@@ -4,7 +4,7 @@ Every corpus frame goes through ``BPF_PROG_TEST_RUN`` of the built ``rss.bpf.o``
 object embedded in the lab's QEMU, ``<qemu entry>/bpf/rss.bpf.o``), with the program's
 maps filled the way QEMU's ebpf/ebpf_rss.c fills them, for several keys, indirection
 tables and hash-type sets.  The result is compared with
-``hashlab.rss.hash_packet(frame, key, types, behaviour="spec")`` and ``select_queue``.
+``hashlab.oracle.rss.hash_packet(frame, key, types, behaviour="spec")`` and ``select_queue``.
 
 * ``vnet_hash`` form (``BPF_PROG_TYPE_VNET_HASH``): hash value, report type and queue
   from ``ctx_out`` (``__sk_buff.vnet_hash_value/vnet_hash_report/vnet_rss_queue``).

@@ -1,7 +1,7 @@
 """Differential fuzzing: hashlab's eBPF RSS program against the oracle (issue 9).
 
 The program is the built ``rss.bpf.o`` of the patched QEMU (``<qemu entry>/bpf/``, or
-``$HASHLAB_RSS_BPF_O``).  Frames: ``hashlab.hostile.random_frames(seed, n)`` (seed from
+``$HASHLAB_RSS_BPF_O``).  Frames: ``hashlab.frames.hostile.random_frames(seed, n)`` (seed from
 ``$HASHLAB_FUZZ_SEED``, default :data:`DEFAULT_SEED`, printed and recorded in the junit
 properties; ``n`` from ``$HASHLAB_FUZZ_FRAMES``, default 100,000) and the whole hostile
 corpus, each under several keys, hash-type sets and indirection tables (:data:`CONFIGS`).
@@ -20,7 +20,7 @@ Verdicts on what the fuzzing found (see :data:`REGRESSION_CASES`):
   most 30 options deep: a legitimate bound of a verifier-checked parser (Linux itself
   drops a Destination Options header with more than 8 options or more than 7 bytes of
   consecutive padding, ``net.ipv6.max_dst_opts_number``).  Named divergence of
-  ``behaviour="hashlab-ebpf"`` in ``hashlab.rss``.
+  ``behaviour="hashlab-ebpf"`` in ``hashlab.oracle.rss``.
 * ``rss-bpf-ext-chain-16-refused`` -- was a program bug (an off-by-one in
   ``parse_ipv6_ext``: a chain of exactly 16 extension headers got no hash), fixed in
   qemu/patches 0001; its frames are now "boundary" cases held to the spec.  A new

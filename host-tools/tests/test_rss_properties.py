@@ -26,7 +26,7 @@ from hashlab.oracle import rss
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-# Report values, spelled out (not taken from hashlab.rss).
+# Report values, spelled out (not taken from hashlab.oracle.rss).
 NONE, IPV4, TCPV4, UDPV4, IPV6, TCPV6, UDPV6, IP_EX, TCP_EX, UDP_EX = range(10)
 
 

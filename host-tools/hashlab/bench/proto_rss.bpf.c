@@ -19,7 +19,7 @@
  * input is the XOR of its bytes' contributions; a zero byte contributes 0.
  *
  * Parsing follows the virtio rules as hashlab's oracle states them
- * (hashlab.rss, behaviour "hashlab-ebpf"): offsets from the Ethernet header,
+ * (hashlab.oracle.rss, behaviour "hashlab-ebpf"): offsets from the Ethernet header,
  * at most two VLAN tags, a complete IPv4 header (IHL >= 5) or IPv6 header,
  * up to 16 IPv6 extension headers (HBH, routing, fragment, AH, dest opts),
  * each complete; a Home Address option looked for at most 30 options deep;

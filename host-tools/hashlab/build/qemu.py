@@ -363,7 +363,7 @@ def build_bpf(src: Path, out: Path, tc: BpfToolchain, logfile: Path) -> dict[str
         "                  sets __sk_buff.vnet_hash_value/vnet_hash_report/vnet_rss_queue\n"
         "                  (-DRSS_VNET_HASH; request-ebpf id=rss-hash)\n"
         "  maps: tap_rss_map_configurations, tap_rss_map_toeplitz_key,\n"
-        "        tap_rss_map_indirection_table (layout: ebpf/ebpf_rss.c, hashlab/bpf.py)\n"
+        "        tap_rss_map_indirection_table (layout: ebpf/ebpf_rss.c, hashlab/host/bpf.py)\n"
         "*.bpf.debug.o: the same with DWARF.\n"
         "*.bpf.skeleton.h: the skeletons generated from them (bpftool gen skeleton).\n")
     return matches

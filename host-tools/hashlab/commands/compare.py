@@ -1,4 +1,4 @@
-"""`hashlab compare`: every datapath, one corpus, one table (see hashlab.compare)."""
+"""`hashlab compare`: every datapath, one corpus, one table (see hashlab.run.compare)."""
 
 from __future__ import annotations
 

@@ -56,7 +56,7 @@ A scenario is a YAML mapping, validated strictly (an unknown or mistyped field i
     load:                             # optional: a throughput phase after the checked batches
       frames: 20000                   # the corpus selection, cycled, written to the tap
       rate: 2000                      # offered frames per second (bursts of 16); 0: unpaced
-      rounds: 3                       # repeated; every received record is judged (hashlab.load)
+      rounds: 3                       # repeated; every received record is judged (hashlab.run.load)
     timeouts: {boot: 180, command: 60, shutdown: 30}   # seconds at idle, scaled by load
 """
 
