@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import re
 
+from hashlab import designs
 from hashlab.build import kernel as K
 from hashlab.build import kernel_bisect as B
 from hashlab.build import qemu as Q
 
 
+# Every kernel design's series, and QEMU's.
+SERIES = [K.patch_files(d) for d in designs.with_series()] + [Q.patch_files()]
+
+
 def test_cover_letters_are_not_applied():
-    for files in (K.patch_files(), Q.patch_files()):
+    for files in SERIES:
         names = [p.name for p in files]
         assert names and not any(n.startswith("0000-") for n in names)
         assert names == sorted(names)
@@ -19,11 +24,11 @@ def test_cover_letters_are_not_applied():
 
 
 def test_every_series_has_a_cover_letter_and_credits_the_rfc():
-    for d in (K.PATCH_DIR, Q.PATCH_DIR):
+    for d in [d.series_dir for d in designs.with_series()] + [Q.PATCH_DIR]:
         cover = (d / "0000-cover-letter.patch").read_text()
         assert "*** SUBJECT HERE ***" not in cover and "*** BLURB HERE ***" not in cover
         assert "Akihiko Odaki" in cover and "Link: https://lore.kernel.org/" in cover
-    for files, prefix in ((K.patch_files(), "[RFC PATCH v3 bpf-next "),
+    for files, prefix in ((K.patch_files("progtype"), "[RFC PATCH v3 bpf-next "),
                           (Q.patch_files(), "[RFC PATCH ")):
         for p in files:
             text = p.read_text()

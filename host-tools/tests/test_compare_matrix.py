@@ -111,18 +111,42 @@ def test_row_scenarios_from_the_base():
     assert (sc.expect.hashes, sc.expect.queues, sc.datapath.behaviour) == \
         (ref.expect.hashes, ref.expect.queues, ref.datapath.behaviour)
     sc = C.row_scenario(ROW, base)
-    assert sc.datapath.resolved_behaviour(True) == "spec" and sc.expect_vhost
+    assert sc.datapath.resolved_behaviour("progtype") == "spec" and sc.expect_vhost
+
+
+def test_rows_name_their_design():
+    from hashlab import designs
+
+    for row in C.ROWS:
+        assert (row.design is None) == (row.where == "host"), row.id
+        assert row.design is None or row.design in designs.NAMES, row.id
+        if row.design:  # the row's scenario boots that design's kernel
+            assert C.row_scenario_doc(row, C.load_base())["datapath"]["design"] == row.design
+        # the baseline: the same QEMU and vhost on the kernel without any series
+        if row.baseline:
+            b = C.ROWS_BY_ID[row.baseline]
+            assert (b.qemu, b.vhost, b.design) == (row.qemu, row.vhost, designs.CONTROL)
+    # the table's kernel column and the JSON's design field, as before the registry
+    kernels = {r.id: (r.kernel, C.placeholder(r, M.NOT_BUILT, "x").design) for r in C.ROWS}
+    assert kernels["host-stock"] == ("host (no series)", None)
+    assert kernels["lab-patched-vhost"] == ("lab (series)", "progtype")
+    assert kernels["lab-stock-vhost-stock-kernel"] == ("lab without the series", "stock")
+    assert C.lab_part_name("progtype") == "lab" and C.lab_part_name("stock") == "lab-stock-kernel"
 
 
 def test_availability(monkeypatch):
     row = C.ROWS_BY_ID["lab-stock-vhost-stock-kernel"]
+    assert row.design == "stock" and C.ROWS_BY_ID["lab-patched-vhost"].design == "progtype"
     # every build present unless said otherwise: the answer must not depend on the cache
+    built = {"progtype"}  # the designs whose lab kernel is built
     monkeypatch.setattr(datapath, "patched_qemu", lambda: Path("/bin/true"))
-    monkeypatch.setattr(datapath, "stock_lab_kernel_path", lambda: None)
+    monkeypatch.setattr(datapath, "lab_kernel_path",
+                        lambda design="progtype": Path("/bzImage") if design in built else None)
+    monkeypatch.delenv(datapath.LAB_DESIGN_ENV, raising=False)
     status, why = C.availability(row, here_is_lab=False)
-    assert status == M.NOT_BUILT and "build-kernel --stock" in why
-    monkeypatch.setattr(datapath, "stock_lab_kernel_path", lambda: Path("/bzImage"))
-    monkeypatch.setattr(datapath, "lab_kernel_path", lambda: Path("/bzImage"))
+    assert status == M.NOT_BUILT and "build-kernel --design stock" in why
+    assert why == C.UNPATCHED_LAB_REASON
+    built.add("stock")
     assert C.availability(row, here_is_lab=False) is None
     # in a lab VM, rows go to the kernel they need: with the series or without
     monkeypatch.setattr(datapath, "kvm_usable", lambda: True)
@@ -130,8 +154,14 @@ def test_availability(monkeypatch):
         monkeypatch.setattr(datapath, "kernel_has_series", lambda: has_series)
         assert (C.availability(row, here_is_lab=True) is None) == (not has_series)
         assert (C.availability(C.ROWS_BY_ID["lab-patched-vhost"], True) is None) == has_series
-    monkeypatch.setattr(datapath, "lab_kernel_path", lambda: None)
-    monkeypatch.setattr(datapath, "patched_qemu", lambda: Path("/bin/true"))
+    # the design the lab VM was booted as (lab.run(design=)) wins over the probe
+    monkeypatch.setattr(datapath, "kernel_has_series", lambda: True)
+    monkeypatch.setenv(datapath.LAB_DESIGN_ENV, "stock")
+    assert C.availability(row, here_is_lab=True) is None
+    assert C.availability(C.ROWS_BY_ID["lab-patched-vhost"], True) == (
+        M.NOT_SUPPORTED, "this lab VM runs the stock kernel, not progtype")
+    monkeypatch.delenv(datapath.LAB_DESIGN_ENV)
+    built.clear()
     assert C.availability(C.ROWS_BY_ID["lab-stock-vhost"], False) == (
         M.NOT_BUILT, "the lab kernel is not built (scripts/build-kernel)")
     assert C.availability(C.ROWS_BY_ID["host-stock"], False) is None
@@ -312,7 +342,7 @@ def test_reports(tmp_path, frames):
 
 def test_compare_without_lab_kernel(monkeypatch, tmp_path):
     """Lab rows that cannot run come back as placeholders, with the reason."""
-    monkeypatch.setattr(datapath, "lab_kernel_path", lambda: None)
+    monkeypatch.setattr(datapath, "lab_kernel_path", lambda design="progtype": None)
     monkeypatch.setattr(datapath, "in_lab", lambda: False)
     rows = C.parse_rows("lab")
     results, meta = C.compare(rows, tmp_path, C.DEFAULT_BASE, echo=lambda m: None)
@@ -333,7 +363,7 @@ def test_a_row_that_loses_what_the_stock_kernel_gave_is_a_regression():
     # every lab row on the kernel with the series names its baseline on the kernel without
     assert C.ROWS_BY_ID["lab-stock-vhost"].baseline == "lab-stock-vhost-stock-kernel"
     assert C.ROWS_BY_ID["lab-patched-vhost"].baseline == "lab-patched-vhost-stock-kernel"
-    assert all(C.ROWS_BY_ID[r.baseline].needs_unpatched_lab_kernel for r in C.ROWS if r.baseline)
+    assert all(C.ROWS_BY_ID[r.baseline].design == "stock" for r in C.ROWS if r.baseline)
     # what the unfixed series did to stock QEMU: HASH_REPORT taken, RSS lost, queues 247/497
     worse = _ran("lab-stock-vhost", rss_on=True, queue_right=50)
     base = _ran("lab-stock-vhost-stock-kernel", rss_on=True, queue_right=94)

@@ -1,5 +1,5 @@
 """The comparison's rows on the control kernel: the lab kernel's source and config
-*without* the series (``scripts/build-kernel --stock``), booted as a second lab VM from
+*without* the series (``scripts/build-kernel --design stock``), booted as a second lab VM from
 the host (marker ``labvm``; scripts/test builds the control kernel first).
 
 What upstream does today with vhost_net, and what our QEMU does on a kernel that lacks
@@ -21,8 +21,8 @@ pytestmark = pytest.mark.labvm
 
 
 def test_stock_vhost_net_rows():
-    if datapath.stock_lab_kernel_path() is None:
-        pytest.fail("the control kernel is not built: scripts/build-kernel --stock")
+    if datapath.lab_kernel_path("stock") is None:
+        pytest.fail("the control kernel is not built: scripts/build-kernel --design stock")
     rows = [C.ROWS_BY_ID["lab-stock-vhost-stock-kernel"],
             C.ROWS_BY_ID["lab-patched-vhost-stock-kernel"]]
     out = results_root() / "compare-stock-kernel"

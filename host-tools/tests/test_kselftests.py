@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from hashlab.build.kernel import PATCH_DIR, SELFTESTS
+from hashlab import designs
+from hashlab.build.kernel import SELFTESTS
 
 pytestmark = pytest.mark.lab
 
@@ -24,7 +25,7 @@ KTAP_RESULT = re.compile(r"^(ok|not ok) (\d+) (\S+)(?: # (SKIP|XFAIL)\b(.*))?$")
 def series_tests(name: str) -> list[str]:
     """KTAP names of the kselftest NAME's tests, from the patch that adds it."""
     rel = SELFTESTS[name]
-    for p in sorted(PATCH_DIR.glob("*.patch")):
+    for p in sorted(designs.get().series_dir.glob("*.patch")):
         text = p.read_text(errors="replace")
         if f"+++ b/{rel}" in text:
             body = text.split(f"+++ b/{rel}", 1)[1].split("\ndiff --git", 1)[0]

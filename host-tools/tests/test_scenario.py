@@ -136,7 +136,7 @@ def test_shipped_scenarios_are_valid(path: Path):
     # the lab ones run patched or stock QEMU inside the lab VM, named so (the bench's too)
     assert (sc.where == "lab") == path.name.startswith(("lab-", "bench-"))
     if sc.datapath.qemu == "patched" and sc.where == "lab":
-        assert sc.datapath.resolved_behaviour(kernel_has_series=True) == "spec"
+        assert sc.datapath.resolved_behaviour("progtype") == "spec"
 
 
 def test_datapath_fields():
@@ -145,13 +145,14 @@ def test_datapath_fields():
     d = sc.datapath
     assert d.vhost and d.netdev["vhost"] == "on" and d.where == "lab"
     assert d.resolved_accel(in_lab=True) == "kvm" and d.resolved_accel(in_lab=False) == "tcg"
-    assert d.resolved_behaviour(True) == "spec" and d.resolved_behaviour(False) == "qemu-software"
+    assert d.resolved_behaviour("progtype") == "spec"
+    assert d.resolved_behaviour("stock") == "qemu-software"
     assert sc.expect_vhost is True
     # "host" is the old spelling of stock; YAML's bare on/off are booleans
     assert parse_scenario(with_("datapath.qemu", "host"), "s").datapath.qemu == "stock"
     assert parse_scenario(with_("datapath.vhost", True), "s").datapath.vhost is True
     stock = parse_scenario(with_("datapath.qemu", "stock"), "s").datapath
-    assert stock.resolved_behaviour(True) == "qemu-software"
+    assert stock.resolved_behaviour("progtype") == "qemu-software"
     for path, value, field in [("datapath.vhost", "maybe", "datapath.vhost"),
                                ("datapath.where", "cloud", "datapath.where"),
                                ("datapath.accel", "hvf", "datapath.accel"),
@@ -264,3 +265,20 @@ def test_driver_model_follows_linux_612():
     assert guest.parse_rss("RX flow hash indirection table for eth0 with 2 RX ring(s):\n"
                            "Operation not supported\nRSS hash key:\n"
                            + ":".join(f"{b:02x}" for b in rss.MS_KEY) + "\n") == (rss.MS_KEY, [])
+
+
+def test_datapath_design():
+    """where: lab names the lab kernel's design (default progtype); the host has none."""
+    lab = {"qemu": "patched", "vhost": "on", "where": "lab"}
+    assert parse_scenario(with_("datapath", lab), "s").datapath.design == "progtype"
+    assert parse_scenario(with_("datapath", {**lab, "design": "stock"}),
+                          "s").datapath.design == "stock"
+    assert parse_scenario(BASE, "s").datapath.design is None  # where: host
+    with pytest.raises(UsageError, match=r"datapath\.design.*'kfunc' \(valid: stock, progtype\)"):
+        parse_scenario(with_("datapath", {**lab, "design": "kfunc"}), "s.yaml")
+    with pytest.raises(UsageError, match=r"datapath\.design.*where: lab only"):
+        parse_scenario(with_("datapath.design", "progtype"), "s.yaml")
+    # every shipped lab scenario runs on a registered design
+    for path in sorted(SCENARIOS_DIR.glob("*.yaml")):
+        sc = load_scenario(path)
+        assert (sc.datapath.design is not None) == (sc.where == "lab"), path.name

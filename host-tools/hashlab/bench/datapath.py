@@ -24,7 +24,7 @@ import json
 import statistics
 from pathlib import Path
 
-from .. import retries
+from .. import designs, retries
 from ..errors import HashlabError
 from ..paths import SCENARIOS_DIR, results_root
 
@@ -210,8 +210,9 @@ def table(result: dict) -> str:
 
 
 def run(frames: int | None, rounds: int | None, rate: int | None, out_dir: Path,
-        timeout: float, log=print, attempts: int = 3) -> dict:
-    """Run the rows, each in its own lab VM boot; returns the summarized result.
+        timeout: float, log=print, attempts: int = 3, design: str = designs.DEFAULT) -> dict:
+    """Run the rows, each in its own lab VM boot of DESIGN's kernel (whatever design the
+    scenarios name: the bench measures one kernel); returns the summarized result.
 
     One boot per row: the lab kernel runs under TCG's emulated SVM, which now and then
     crashes the lab kernel itself under sustained guest traffic (stock QEMU with vhost=off
@@ -244,7 +245,8 @@ def run(frames: int | None, rounds: int | None, rate: int | None, out_dir: Path,
             log(f"bench: {name}: booting the lab VM (attempt {attempt})")
             try:
                 res = datapath.run_in_lab(argv + [str(path)], env, timeout, log,
-                                          writes=[out_dir / name], reads=[path])
+                                          design=design, writes=[out_dir / name],
+                                          reads=[path])
             except HashlabError as e:  # the lab VM panicked, hung or died
                 failures.append({"attempt": attempt, "error": str(e).splitlines()[0],
                                  "log": str(getattr(e, "log", ""))})
@@ -264,5 +266,6 @@ def run(frames: int | None, rounds: int | None, rate: int | None, out_dir: Path,
         row = row_from_results(name, label, doc)
         row["lab_failures"] = failures
         rows.append(row)
-    meta = {"lab_seconds": round(lab_seconds, 1), "results_dir": str(out_dir)}
+    meta = {"lab_seconds": round(lab_seconds, 1), "results_dir": str(out_dir),
+            "design": design}
     return summarize(rows, meta)

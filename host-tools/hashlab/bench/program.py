@@ -35,6 +35,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import designs
 from ..host import bpf
 from ..oracle import rss
 from ..cache import CacheEntry, InputKey
@@ -410,15 +411,17 @@ def run_part(where: str, samples: int = 7, target_ms: float = 50.0, log=print) -
     }
 
 
-def run_lab_part(samples: int, target_ms: float, timeout: float = 1800, log=print) -> dict | None:
-    """Run ``--lab-part`` inside the lab VM and return its result (None: no lab)."""
+def run_lab_part(samples: int, target_ms: float, timeout: float = 1800, log=print,
+                 design: str = designs.DEFAULT) -> dict | None:
+    """Run ``--lab-part`` inside the lab VM (DESIGN's kernel) and return its result
+    (None: no lab)."""
     from ..host import datapath
 
     try:
         from ..build import kernel as kb
 
-        if not kb.entry().done:
-            log("bench: the lab kernel is not built (hashlab build kernel): no lab part")
+        if not kb.entry(design).done:
+            log(f"bench: {datapath.kernel_not_built(design)}: no lab part")
             return None
     except Exception as e:  # the lab is optional for this command
         log(f"bench: no lab VM ({e}): no lab part")
@@ -429,7 +432,7 @@ def run_lab_part(samples: int, target_ms: float, timeout: float = 1800, log=prin
     cmd = datapath.hashlab_argv("bench", "program", "--lab-part", str(out),
                                 "--samples", str(samples), "--target-ms", str(target_ms))
     log("bench: running the lab part in the lab VM (TCG: a few minutes)")
-    res = datapath.run_in_lab(cmd, {}, timeout, log)
+    res = datapath.run_in_lab(cmd, {}, timeout, log, design=design)
     if res.status != 0 or not out.is_file():
         raise BenchError(f"the lab part failed (status {res.status}); console log: {res.log}")
     data = json.loads(out.read_text())

@@ -45,7 +45,7 @@ HASHLAB = str(Path(sys.executable).parent / "hashlab")
 # artefact -> (cache kind, `hashlab build ...` arguments)
 ARTEFACTS = {
     "lab kernel": ("kernel", ["kernel"]),
-    "stock kernel (control)": ("kernel-stock", ["kernel", "--stock"]),
+    "stock kernel (control)": ("kernel-stock", ["kernel", "--design", "stock"]),
     "patched QEMU": ("qemu", ["qemu"]),
     "guest image (lab kernel)": ("guest", ["guest", "--kernel", "lab"]),
 }

@@ -1,4 +1,4 @@
-"""Build the lab kernel: Debian's linux-source + kernel/patches + kernel/lab.config.
+"""Build a design's lab kernel: Debian's linux-source + its series + kernel/lab.config.
 
 The result is a cache entry ``<cache>/kernel/<key>/`` holding
 
@@ -20,9 +20,12 @@ The key covers the source package version, every patch file's content, lab.confi
 the compiler version and RECIPE_VERSION below: bump RECIPE_VERSION whenever this file
 changes what ends up in an entry.
 
-``stock=True`` builds the same source with the same lab.config and compiler but without
-the series (an entry of kind ``kernel-stock``, without libbpf and bpftool): the control
-for the comparison rows that need "a kernel without the series".
+Which series is a *design* (``hashlab.designs``): ``progtype`` applies
+``kernel/series/progtype/`` (entry kind ``kernel``); ``stock`` builds the same source with
+the same lab.config and compiler but without any series (kind ``kernel-stock``, without
+libbpf and bpftool): the control for the comparison rows that need "a kernel without the
+series".  The key names the patch files, not their directory: moving a series does not
+rebuild it.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import threading
 import time
 from pathlib import Path
 
+from .. import designs
 from ..cache import CacheEntry, InputKey
 from . import steps
 from .steps import run_step
@@ -45,7 +49,6 @@ from ..paths import KERNEL_DIR, cache_root, versions
 # Bump when the recipe (steps, make variables, layout of the entry) changes.
 RECIPE_VERSION = "kernel-recipe-2"
 
-PATCH_DIR = KERNEL_DIR / "patches"
 LAB_CONFIG = KERNEL_DIR / "lab.config"
 PROGRESS_SECONDS = 5.0
 
@@ -69,9 +72,10 @@ def log(msg: str) -> None:
 # --------------------------------------------------------------------------- inputs
 
 
-def patch_files(patch_dir: Path = PATCH_DIR) -> list[Path]:
-    """The series, in application order; the cover letter is skipped."""
-    return steps.series_files(patch_dir)
+def patch_files(design: str | designs.Design = designs.DEFAULT) -> list[Path]:
+    """DESIGN's series, in application order (the cover letter skipped); [] for none."""
+    d = designs.get(design).series_dir
+    return steps.series_files(d) if d else []
 
 
 def source_tarball() -> tuple[str, str, Path]:
@@ -109,25 +113,24 @@ def compiler_version() -> str:
         raise MissingToolError("gcc not found; apt-get install -y build-essential")
 
 
-def series(stock: bool = False) -> list[Path]:
-    """The patches a build applies: the series, or none for the stock control."""
-    return [] if stock else patch_files()
-
-
-def input_key(stock: bool = False) -> InputKey:
+def input_key(design: str | designs.Design = designs.DEFAULT) -> InputKey:
+    d = designs.get(design)
+    patches = patch_files(d)
     pkg, version, _ = source_tarball()
-    key = InputKey("kernel-stock" if stock else "kernel")
+    key = InputKey(d.cache_kind)
     key.add_text("recipe", RECIPE_VERSION)
     key.add_text("source", f"{pkg}={version}")
     key.add_text("compiler", compiler_version())
     key.add_file(LAB_CONFIG, "lab.config")
-    key.add_text("series", "\n".join(p.name for p in series(stock)))
-    key.add_files(series(stock), prefix="patches/")
+    # names and contents only (the "patches/" prefix is historic): where the series
+    # lives is not an input
+    key.add_text("series", "\n".join(p.name for p in patches))
+    key.add_files(patches, prefix="patches/")
     return key
 
 
-def entry(stock: bool = False) -> CacheEntry:
-    return CacheEntry(input_key(stock))
+def entry(design: str | designs.Design = designs.DEFAULT) -> CacheEntry:
+    return CacheEntry(input_key(design))
 
 
 # --------------------------------------------------------------------------- config
@@ -299,17 +302,18 @@ def build_selftests(src: Path, dest: Path, logfile: Path) -> None:
             logfile, f"selftest {name}")
 
 
-def build(e: CacheEntry, jobs: int, nice: int, keep_work: bool, stock: bool = False) -> Path:
+def build(e: CacheEntry, jobs: int, nice: int, keep_work: bool,
+          design: designs.Design) -> Path:
     pkg, version, tarball = source_tarball()
-    patches = series(stock)
+    patches = patch_files(design)
     work = cache_root() / "kernel-work" / e.ikey.key
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     logfile = work / "build.log"
     src, obj = work / "src", work / "obj"
     t0 = time.monotonic()
-    log(f"building {e.path} ({pkg} {version}, {len(patches)} patches"
-        f"{' (stock: no series)' if stock else ''}, work dir {work})")
+    log(f"building {e.path} (design {design.name}: {pkg} {version}, {len(patches)} patches"
+        f"{'' if design.series else ' (no series)'}, work dir {work})")
 
     cc = "gcc"
     if shutil.which("ccache"):
@@ -330,7 +334,7 @@ def build(e: CacheEntry, jobs: int, nice: int, keep_work: bool, stock: bool = Fa
         configure(src, obj, logfile, make)
         mk(["bzImage"], "bzImage", progress=True)
         mk([f"INSTALL_HDR_PATH={dest / 'headers'}", "headers_install"], "headers_install")
-        if not stock:  # only the series' programs need our libbpf and bpftool
+        if design.series:  # only the series' programs need our libbpf and bpftool
             build_libbpf(src, work, dest / "libbpf", logfile, jobs, nice)
             build_bpftool(src, work, dest, logfile, jobs, nice)
             build_selftests(src, dest, logfile)
@@ -354,9 +358,10 @@ def build(e: CacheEntry, jobs: int, nice: int, keep_work: bool, stock: bool = Fa
 
 
 def ensure_kernel(force: bool = False, jobs: int | None = None, nice: int = 10,
-                  keep_work: bool = False, stock: bool = False) -> Path:
-    """Path of the cache entry for the current inputs, building it if needed."""
-    e = entry(stock)
+                  keep_work: bool = False, design: str | designs.Design = designs.DEFAULT) -> Path:
+    """Path of DESIGN's cache entry for the current inputs, building it if needed."""
+    design = designs.get(design)
+    e = entry(design)
     if e.done and not force:
         return e.path
     jobs = jobs or (os.cpu_count() or 1) + 1
@@ -364,7 +369,7 @@ def ensure_kernel(force: bool = False, jobs: int | None = None, nice: int = 10,
         if e.done and not force:  # another process built it while we waited
             return e.path
         try:
-            return build(e, jobs, nice, keep_work, stock)
+            return build(e, jobs, nice, keep_work, design)
         except KernelBuildError:
             log(f"work dir left for inspection: {cache_root() / 'kernel-work' / e.ikey.key}")
             raise

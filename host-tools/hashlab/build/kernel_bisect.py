@@ -1,15 +1,16 @@
 """`hashlab build kernel --bisect`: every prefix of the series builds, with TUN=y and =m.
 
 A posted series must build at every patch (`git bisect` lands anywhere).  For each
-prefix 1..k of kernel/patches, applied to the pristine source, this compiles the kernel
+prefix 1..k of a design's series (default ``progtype``: kernel/series/progtype), applied to the pristine source, this compiles the kernel
 objects of every C file the series touches (the headers it touches are compiled through
 them), once with lab.config (everything built in) and once with tun, tap, macvtap and
 vhost_net as modules (``-DMODULE``: the ``=m`` side of ``IS_ENABLED()``).  Objects only,
 no link: the full build (`hashlab build kernel`) links the whole series.  ccache keeps a
 rerun to the objects a patch really changes.
 
-The result is a cache entry of kind ``kernel-bisect`` (keyed like the kernel: source,
-compiler, lab.config, every patch), holding ``bisect.json``; a failure names the patch
+The result is a cache entry of kind ``kernel-bisect`` for ``progtype`` (``kernel-bisect-<name>``
+for another design; keyed like its kernel: source, compiler, lab.config, every patch),
+holding ``bisect.json``; a failure names the patch
 and the configuration, and keeps the log.
 """
 
@@ -21,7 +22,9 @@ import shutil
 import time
 from pathlib import Path
 
+from .. import designs
 from ..cache import CacheEntry
+from ..errors import UsageError
 from ..paths import cache_root
 from . import kernel as K
 
@@ -35,9 +38,21 @@ MODULE_OVERRIDES = {"CONFIG_MODULES": "y", "CONFIG_TUN": "m", "CONFIG_VHOST_NET"
 MODULE_OBJECTS = ("drivers/net/tun.o", "drivers/net/tap.o", "drivers/vhost/net.o")
 
 
-def entry() -> CacheEntry:
-    key = K.input_key()
-    key.kind = "kernel-bisect"
+def design_with_series(design: str | designs.Design = designs.DEFAULT) -> designs.Design:
+    """DESIGN, which must have a series to bisect (UsageError for the control)."""
+    d = designs.get(design)
+    if not d.series:
+        with_series = ", ".join(x.name for x in designs.with_series())
+        raise UsageError(f"design {d.name} has no kernel series to bisect "
+                         f"(designs with a series: {with_series})")
+    return d
+
+
+def entry(design: str | designs.Design = designs.DEFAULT) -> CacheEntry:
+    d = design_with_series(design)
+    key = K.input_key(d)
+    # "kernel" -> "kernel-bisect" (progtype's entries as before), "kernel-x" -> "kernel-bisect-x"
+    key.kind = d.cache_kind.replace("kernel", "kernel-bisect", 1)
     key.add_text("bisect-recipe", RECIPE_VERSION)
     return CacheEntry(key)
 
@@ -70,19 +85,21 @@ def module_fragment(dest: Path) -> Path:
     return dest
 
 
-def ensure_bisect(force: bool = False, jobs: int | None = None, nice: int = 10) -> Path:
-    e = entry()
+def ensure_bisect(force: bool = False, jobs: int | None = None, nice: int = 10,
+                  design: str | designs.Design = designs.DEFAULT) -> Path:
+    d = design_with_series(design)
+    e = entry(d)
     if e.done and not force:
         return e.path
     with K.locked(e.path.with_name(e.path.name + ".lock")):
         if e.done and not force:
             return e.path
-        return _bisect(e, jobs or 3, nice)
+        return _bisect(e, jobs or 3, nice, d)
 
 
-def _bisect(e: CacheEntry, jobs: int, nice: int) -> Path:
+def _bisect(e: CacheEntry, jobs: int, nice: int, design: designs.Design) -> Path:
     _, _, tarball = K.source_tarball()
-    patches = K.patch_files()
+    patches = K.patch_files(design)
     objects = touched_objects(patches)
     work = cache_root() / "kernel-bisect-work" / e.ikey.key
     shutil.rmtree(work, ignore_errors=True)
@@ -91,7 +108,7 @@ def _bisect(e: CacheEntry, jobs: int, nice: int) -> Path:
     env = K._make_env(work)
     cc = "ccache gcc" if shutil.which("ccache") else "gcc"
     t0 = time.monotonic()
-    K.log(f"bisect: {len(patches)} patches x (=y, =m), objects {' '.join(objects)}; "
+    K.log(f"bisect: design {design.name}, {len(patches)} patches x (=y, =m), objects {' '.join(objects)}; "
           f"log: {logfile}")
     K.unpack(tarball, src, logfile)
     configs = {"y": K.LAB_CONFIG, "m": module_fragment(work / "modules.config")}
@@ -121,7 +138,7 @@ def _bisect(e: CacheEntry, jobs: int, nice: int) -> Path:
                             "seconds": round(time.monotonic() - t1, 1)})
     with e.fill() as dest:
         (dest / "bisect.json").write_text(json.dumps(
-            {"patches": [p.name for p in patches], "objects": objects,
+            {"design": design.name, "patches": [p.name for p in patches], "objects": objects,
              "module_overrides": MODULE_OVERRIDES, "results": results,
              "seconds": round(time.monotonic() - t0, 1)}, indent=1) + "\n")
         shutil.copy2(logfile, dest / "build.log")

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from .. import designs
 from ..errors import HashlabError
 
 
@@ -35,6 +36,9 @@ def register(sub) -> None:
     )
     pp.add_argument("--lab", choices=("auto", "yes", "no"), default="auto",
                     help="also measure inside the lab VM (auto: when the lab kernel is built)")
+    pp.add_argument("--design", choices=designs.NAMES, default=designs.DEFAULT, metavar="NAME",
+                    help=f"the lab VM boots this design's kernel: {', '.join(designs.NAMES)} "
+                    f"(default {designs.DEFAULT})")
     pp.add_argument("--samples", type=int, default=7, help="samples per subject and class (default 7)")
     pp.add_argument("--target-ms", type=float, default=50.0,
                     help="approximate length of one sample in ms (sets repeat; default 50)")
@@ -56,6 +60,9 @@ def register(sub) -> None:
         "peak memory; writes JSON (default results/bench/datapath.json).  Exit status 1 "
         "when a row fails or any record under load is wrong.",
     )
+    dp.add_argument("--design", choices=designs.NAMES, default=designs.DEFAULT, metavar="NAME",
+                    help=f"the lab VM boots this design's kernel for every row: "
+                    f"{', '.join(designs.NAMES)} (default {designs.DEFAULT})")
     dp.add_argument("--frames", type=int, default=None,
                     help="frames per round (default: the scenarios', 10000)")
     dp.add_argument("--rounds", type=int, default=None,
@@ -105,7 +112,8 @@ def _program(args) -> int:
     _log("bench: built " + ", ".join(f"{k} {v}" for k, v in built.items()))
     result = program.run_part("host", args.samples, args.target_ms, _log)
     if args.lab != "no":
-        lab_part = program.run_lab_part(args.samples, args.target_ms, log=_log)
+        lab_part = program.run_lab_part(args.samples, args.target_ms, log=_log,
+                                        design=args.design)
         if lab_part is None and args.lab == "yes":
             raise HashlabError("--lab yes: the lab VM cannot run (see above)")
         result = report.merge(result, lab_part)
@@ -130,7 +138,7 @@ def _datapath(args) -> int:
     if args.rate is not None and not 0 <= args.rate <= 1_000_000:
         raise HashlabError("--rate must be 0..1000000")
     result = datapath.run(args.frames, args.rounds, args.rate, out.with_suffix(""),
-                          args.timeout, _log)
+                          args.timeout, _log, design=args.design)
     return _finish(args, result, out, datapath.table,
                    f" (per row: {out.with_suffix('')}/<scenario>/)")
 

@@ -14,6 +14,9 @@ import importlib
 import importlib.util
 import sys
 
+from .. import designs
+from ..errors import UsageError
+
 # Optional builders, owned by other parts of the lab: module -> what it builds.
 OPTIONAL_BUILDERS = {
     "qemu": "hashlab.build.qemu",
@@ -21,29 +24,40 @@ OPTIONAL_BUILDERS = {
 }
 
 
+def _kernel_design(args: argparse.Namespace) -> designs.Design:
+    """--design NAME, or --stock (its old spelling); UsageError on a contradiction."""
+    if args.stock and args.design not in (None, designs.CONTROL):
+        raise UsageError(f"--stock is --design {designs.CONTROL}; it contradicts "
+                         f"--design {args.design}")
+    return designs.get(designs.CONTROL if args.stock else args.design)
+
+
 def _kernel(args: argparse.Namespace) -> int:
     from ..build import kernel
 
+    design = _kernel_design(args)
     if args.bisect:
         import json
 
         from ..build import kernel_bisect
 
-        path = kernel_bisect.ensure_bisect(force=args.force, jobs=args.jobs, nice=args.nice)
+        kernel_bisect.design_with_series(design)  # refuses the control before any work
+        path = kernel_bisect.ensure_bisect(force=args.force, jobs=args.jobs, nice=args.nice,
+                                           design=design)
         doc = json.loads((path / "bisect.json").read_text())
-        print(f"kernel series bisect: {path}: {len(doc['patches'])} patches x "
+        print(f"kernel series bisect ({design.name}): {path}: {len(doc['patches'])} patches x "
               f"TUN=y/m, {len(doc['results'])} builds, all ok ({doc['seconds']:.0f}s)")
         return 0
 
     path = kernel.ensure_kernel(force=args.force, jobs=args.jobs, nice=args.nice,
-                                keep_work=args.keep_work, stock=args.stock)
+                                keep_work=args.keep_work, design=design)
     if args.print_path:
         print(path)
-    elif args.stock:
-        print(f"stock kernel (no series): {path}")
+    elif not design.series:
+        print(f"{design.name} kernel (no series): {path}")
         print(f"  bzImage  {path / 'bzImage'}  ({(path / 'kernel.release').read_text().strip()})")
     else:
-        print(f"kernel: {path}")
+        print(f"kernel ({design.name}): {path}")
         print(f"  bzImage  {path / 'bzImage'}  ({(path / 'kernel.release').read_text().strip()})")
         print(f"  headers  {path / 'headers' / 'include'}")
         print(f"  libbpf   PKG_CONFIG_PATH={path / 'libbpf' / 'lib' / 'pkgconfig'}")
@@ -54,9 +68,11 @@ def _kernel(args: argparse.Namespace) -> int:
 def _register_kernel(sub) -> None:
     p = sub.add_parser(
         "kernel",
-        help="the lab kernel (Debian linux-source + kernel/patches + kernel/lab.config)",
-        description="Build the lab kernel, its UAPI headers, libbpf and bpftool into the "
-        "content-keyed cache (or find them there) and say where they are.",
+        help="a design's lab kernel (Debian linux-source + kernel/series/<design> + "
+        "kernel/lab.config)",
+        description="Build a design's lab kernel, its UAPI headers, libbpf and bpftool into "
+        "the content-keyed cache (or find them there) and say where they are.  Designs: "
+        + "; ".join(f"{d.name}: {d.title}" for d in designs.DESIGNS) + ".",
     )
     p.add_argument("--print-path", action="store_true",
                    help="print only the cache entry's path (building it first if needed)")
@@ -67,12 +83,18 @@ def _register_kernel(sub) -> None:
                    help="run make under nice -n N (default 10; 0 disables)")
     p.add_argument("--keep-work", action="store_true",
                    help="keep the unpacked source and object tree after a successful build")
+    p.add_argument("--design", choices=designs.NAMES, default=None, metavar="NAME",
+                   help=f"which design's kernel: {', '.join(designs.NAMES)} "
+                   f"(default {designs.DEFAULT})")
     p.add_argument("--bisect", action="store_true",
-                   help="check that every prefix of kernel/patches builds, with TUN=y and "
-                   "=m (the objects of the files the series touches; cached by the series)")
+                   help="check that every prefix of the design's series "
+                   "(kernel/series/<design>) builds, with TUN=y and =m (the objects of the "
+                   "files the series touches; cached by the series); not for "
+                   f"{designs.CONTROL}, which has none")
     p.add_argument("--stock", action="store_true",
-                   help="the control: the same source and lab.config without kernel/patches "
-                   "(for the comparison's \"kernel without the series\" rows)")
+                   help=f"an alias for --design {designs.CONTROL}: the control, the same "
+                   "source and lab.config without any series (for the comparison's "
+                   "\"kernel without the series\" rows)")
     p.set_defaults(func=_kernel)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from .. import designs
 from ..host import lab
 from ..errors import Exit
 
@@ -19,7 +20,10 @@ def register(sub):
         "kernel warnings with --fail-on-warning 7; the console log is kept and its "
         "path printed.",
     )
-    p.add_argument("--kernel", help="bzImage to boot (default: the cached lab kernel)")
+    p.add_argument("--design", choices=designs.NAMES, default=None, metavar="NAME",
+                   help=f"boot this design's cached kernel: {', '.join(designs.NAMES)} "
+                   f"(default {designs.DEFAULT}); with --kernel: what that bzImage is")
+    p.add_argument("--kernel", help="bzImage to boot (default: the design's cached kernel)")
     p.add_argument("--timeout", type=float, default=600,
                    help="seconds at idle; scaled by the machine's load (default 600)")
     p.add_argument("--memory", default="4G")
@@ -42,7 +46,7 @@ def register(sub):
 
 def _run(args) -> int:
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
-    res = lab.run(cmd, kernel=args.kernel, timeout=args.timeout, memory=args.memory,
+    res = lab.run(cmd, kernel=args.kernel, design=args.design, timeout=args.timeout, memory=args.memory,
                   cpus=args.cpus, verbose=args.verbose, append=args.append,
                   writes=[Path(d) for d in args.rwdir], reads=[Path(d) for d in args.rodir])
     for o in res.oopses:

@@ -1,7 +1,8 @@
 """`hashlab run SCENARIO.yaml... [--out DIR]`: end-to-end scenarios in QEMU guests.
 
 Scenarios with ``datapath.where: lab`` run inside the lab VM: from the host, all of them
-share one lab VM boot (``hashlab run --here ...`` inside it); the others run here.
+for one design (``datapath.design``) share one lab VM boot of that design's kernel
+(``hashlab run --here ...`` inside it); the others run here.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import sys
 from pathlib import Path
+
+from .. import designs
 
 
 def register(sub):
@@ -20,7 +23,8 @@ def register(sub):
         "hash class and queue with the oracle.  Prints a per-report-type table and the "
         "queue distribution; writes results.json and junit.xml to results/<scenario>/ (or "
         "--out; with several scenarios --out is their parent directory).  Scenarios with "
-        "datapath.where: lab run in one lab VM boot (the lab kernel must be built).  Exit "
+        "datapath.where: lab run in one lab VM boot per datapath.design (its kernel must be "
+        "built).  Exit "
         "status 1 on any mismatch.",
     )
     p.add_argument("scenario", nargs="+", help="scenario YAML file(s) (see scenarios/)")
@@ -80,38 +84,53 @@ def _run(args) -> int:
             print(f"hashlab run: cannot run {', '.join(sc.name for _, sc in lab_scs)} in the "
                   f"lab VM: {e}", file=sys.stderr)
             return e.exit_status if not rc else rc
-        outs = [_lab_out(args, sc, many) for _, sc in lab_scs]
-        kernel = _kernel_arg(args.kernel) if args.kernel else None
-        argv = datapath.hashlab_argv("run", "--here")
-        if args.out and many:
-            argv += ["--out-parent", str(Path(args.out).resolve())]
-        elif args.out:
-            argv += ["--out", str(Path(args.out).resolve())]
-        if kernel:
-            argv += ["--kernel", kernel]
-        if args.drop_stale_pins:
-            argv.append("--drop-stale-pins")
-        for opt in ("load_frames", "load_rounds", "load_rate"):
-            if getattr(args, opt) is not None:
-                argv += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]
-        argv += [str(Path(p).resolve()) for p, _ in lab_scs]
-        echo(f"hashlab run: booting the lab VM for {', '.join(sc.name for _, sc in lab_scs)}")
-        files = [Path(p).resolve().parent for p, _ in lab_scs]
-        # --drop-stale-pins edits the scenario files in place
-        writes = outs + (files if args.drop_stale_pins else [])
-        reads = [prep] + ([] if args.drop_stale_pins else files)
-        if kernel and Path(kernel).exists():  # a bzImage path, not a name
-            reads.append(Path(kernel))
-        try:
-            res = datapath.run_in_lab(argv, env, args.lab_timeout, echo, writes=writes,
-                                      reads=reads, expect=[o / "results.json" for o in outs])
-        except HashlabError as e:
-            print(f"hashlab run: {e}", file=sys.stderr)
-            return e.exit_status
-        echo(f"hashlab run: lab VM done in {res.seconds:.0f}s, status {res.status}; "
-             f"console log: {res.log}")
-        rc |= res.status
+        # one lab VM boot per design, the default one first
+        for d in sorted(designs.DESIGNS, key=lambda d: d.name != designs.DEFAULT):
+            group = [(p, sc) for p, sc in lab_scs if sc.datapath.design == d.name]
+            if not group:
+                continue
+            try:
+                rc |= _run_in_lab(args, group, d.name, prep, env, many, echo)
+            except HashlabError as e:
+                print(f"hashlab run: {e}", file=sys.stderr)
+                return e.exit_status
     return rc
+
+
+def _run_in_lab(args, lab_scs, design: str, prep, env, many: bool, echo) -> int:
+    """LAB_SCS (all for DESIGN) in one lab VM boot of DESIGN's kernel; its status
+    (HashlabError when the lab VM cannot boot or dies)."""
+    from ..host import datapath
+
+    outs = [_lab_out(args, sc, many) for _, sc in lab_scs]
+    kernel = _kernel_arg(args.kernel) if args.kernel else None
+    argv = datapath.hashlab_argv("run", "--here")
+    if args.out and many:
+        argv += ["--out-parent", str(Path(args.out).resolve())]
+    elif args.out:
+        argv += ["--out", str(Path(args.out).resolve())]
+    if kernel:
+        argv += ["--kernel", kernel]
+    if args.drop_stale_pins:
+        argv.append("--drop-stale-pins")
+    for opt in ("load_frames", "load_rounds", "load_rate"):
+        if getattr(args, opt) is not None:
+            argv += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]
+    argv += [str(Path(p).resolve()) for p, _ in lab_scs]
+    echo(f"hashlab run: booting the lab VM ({design} kernel) for "
+         f"{', '.join(sc.name for _, sc in lab_scs)}")
+    files = [Path(p).resolve().parent for p, _ in lab_scs]
+    # --drop-stale-pins edits the scenario files in place
+    writes = outs + (files if args.drop_stale_pins else [])
+    reads = [prep] + ([] if args.drop_stale_pins else files)
+    if kernel and Path(kernel).exists():  # a bzImage path, not a name
+        reads.append(Path(kernel))
+    res = datapath.run_in_lab(argv, env, args.lab_timeout, echo, design=design,
+                              writes=writes, reads=reads,
+                              expect=[o / "results.json" for o in outs])
+    echo(f"hashlab run: lab VM done in {res.seconds:.0f}s, status {res.status}; "
+         f"console log: {res.log}")
+    return res.status
 
 
 def _lab_out(args, sc, many: bool) -> Path:

@@ -18,12 +18,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .. import designs
 from ..errors import MissingToolError
 from .qemu_process import HOST_QEMU
 from ..paths import REPO, cache_root
 
 # Set by lab.run() for every command in the lab VM (and by scripts/test lab).
 LAB_ENV = ("HASHLAB_LAB_KERNEL", "HASHLAB_IN_LAB")
+LAB_DESIGN_ENV = "HASHLAB_LAB_DESIGN"  # the design the lab VM booted (lab.run(design=))
 PATCHED_QEMU_ENV = "HASHLAB_PATCHED_QEMU"  # override: a qemu-system-x86_64 to use as "patched"
 PREP_ENV = "HASHLAB_LAB_PREP"  # JSON the host wrote for the lab VM (see prepare_lab)
 LAB_CPUS = 2  # vCPUs of the lab VM for hashlab's own runs (HASHLAB_LAB_CPUS overrides)
@@ -64,15 +66,16 @@ def patched_qemu() -> Path:
     return e / "bin" / "qemu-system-x86_64"
 
 
-def lab_kernel_path() -> Path | None:
-    """The cached lab kernel's bzImage, if built (inside the lab: the running one)."""
+def lab_kernel_path(design: str = designs.DEFAULT) -> Path | None:
+    """DESIGN's cached lab kernel's bzImage, if built (inside a lab VM that booted
+    DESIGN: the running one)."""
     env = os.environ.get("HASHLAB_LAB_KERNEL")
-    if env and Path(env).is_file():
+    if env and Path(env).is_file() and os.environ.get(LAB_DESIGN_ENV, designs.DEFAULT) == design:
         return Path(env)
     try:
         from ..build import kernel as kb
 
-        e = kb.entry()
+        e = kb.entry(design)
     except Exception:
         return None
     if e.done and (e.path / "bzImage").is_file():
@@ -80,17 +83,23 @@ def lab_kernel_path() -> Path | None:
     return None
 
 
-def stock_lab_kernel_path() -> Path | None:
-    """The control lab kernel (same source and config, no series), if built."""
-    try:
-        from ..build import kernel as kb
+def kernel_not_built(design: str = designs.DEFAULT) -> str:
+    """Why DESIGN's lab kernel cannot boot, with the command that builds it."""
+    d = designs.get(design)
+    if d.name == designs.DEFAULT:
+        return "the lab kernel is not built (scripts/build-kernel)"
+    what = f"the {d.name} lab kernel{'' if d.series else ' (no series)'}"
+    return f"{what} is not built (scripts/build-kernel --design {d.name})"
 
-        e = kb.entry(stock=True)
-    except Exception:
-        return None
-    if e.done and (e.path / "bzImage").is_file():
-        return e.path / "bzImage"
-    return None
+
+def running_design() -> str:
+    """The design of the kernel running here: what the lab VM was booted as, else (a
+    kernel booted without naming one, or the host's own) by probing it: the RFC's
+    program type loads on ``progtype`` only."""
+    name = os.environ.get(LAB_DESIGN_ENV)
+    if name in designs.BY_NAME:
+        return name
+    return "progtype" if kernel_has_series() else designs.CONTROL
 
 
 def prep() -> dict:
@@ -225,27 +234,20 @@ def hashlab_argv(*args: str) -> list[str]:
 
 
 def run_in_lab(argv: list[str], env: dict[str, str], timeout: float, echo=print,
-               stock_kernel: bool = False, writes=(), reads=(), expect=()):
-    """Run ARGV in one lab VM boot with the build cache visible; returns lab.LabResult.
-    STOCK_KERNEL: boot the control kernel without the series instead of the lab kernel.
-    WRITES, READS, EXPECT: as for ``lab.run`` (what it writes and reads outside the
-    checkout, and the files it must leave on the host).
+               design: str = designs.DEFAULT, writes=(), reads=(), expect=()):
+    """Run ARGV in one lab VM boot of DESIGN's kernel with the build cache visible;
+    returns lab.LabResult.  WRITES, READS, EXPECT: as for ``lab.run`` (what it writes
+    and reads outside the checkout, and the files it must leave on the host).
 
     Never builds the kernel: a lab kernel that is not built is a MissingToolError."""
     from . import lab
 
-    if stock_kernel:
-        kernel = stock_lab_kernel_path()
-        if kernel is None:
-            raise MissingToolError("the stock lab kernel (no series) is not built "
-                                   "(scripts/build-kernel --stock)")
-    else:
-        kernel = lab_kernel_path()
+    kernel = lab_kernel_path(design)
     if kernel is None:
-        raise MissingToolError("the lab kernel is not built (scripts/build-kernel)")
+        raise MissingToolError(kernel_not_built(design))
     cpus = int(os.environ.get("HASHLAB_LAB_CPUS", LAB_CPUS))
-    res = lab.run(argv, kernel=kernel, timeout=timeout, cwd=REPO, env=env, cpus=cpus,
-                  writes=writes, reads=reads, expect=expect)
+    res = lab.run(argv, kernel=kernel, design=design, timeout=timeout, cwd=REPO, env=env,
+                  cpus=cpus, writes=writes, reads=reads, expect=expect)
     for o in res.oopses:
         echo(f"hashlab: kernel warning in the lab VM: {o}")
     return res

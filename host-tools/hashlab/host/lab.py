@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import retries
+from .. import designs, retries
 from ..errors import Exit, HashlabError, MissingToolError
 from ..paths import REPO, cache_root
 from .qemu_process import PANIC_RE, load_factor
@@ -83,15 +83,16 @@ def vng_path() -> str:
     return str(vng)
 
 
-def default_kernel() -> Path:
-    """The lab kernel from the build cache (built on first use)."""
+def default_kernel(design: str = designs.DEFAULT) -> Path:
+    """DESIGN's lab kernel from the build cache (built on first use)."""
     out = subprocess.run(
-        [sys.executable, "-m", "hashlab", "build", "kernel", "--print-path"],
+        [sys.executable, "-m", "hashlab", "build", "kernel", "--design", design, "--print-path"],
         stdout=subprocess.PIPE,
         text=True,
     )
     if out.returncode != 0 or not out.stdout.strip():
-        raise HashlabError("could not build or find the lab kernel (hashlab build kernel)")
+        raise HashlabError(f"could not build or find the {design} lab kernel "
+                           f"(hashlab build kernel --design {design})")
     return Path(out.stdout.strip().splitlines()[-1]) / "bzImage"
 
 
@@ -153,6 +154,7 @@ def run(
     command: list[str] | str,
     *,
     kernel: Path | None = None,
+    design: str | None = None,
     timeout: float = 600,
     memory: str = "4G",
     cpus: int = 2,
@@ -174,8 +176,16 @@ def run(
     LabHang when nothing finishes within ``timeout`` x the load factor, LabOutputLost when
     an expected file is missing after status 0, and LabError when the VM ends without
     reporting a status.
+
+    DESIGN (``hashlab.designs``) names what KERNEL is, for the command
+    (``HASHLAB_LAB_DESIGN``); without a KERNEL, its cached kernel boots (default
+    ``progtype``).  A KERNEL without a DESIGN is left for the command to probe.
     """
-    kernel = Path(kernel) if kernel else default_kernel()
+    if design is not None:
+        design = designs.get(design).name
+    elif not kernel:
+        design = designs.DEFAULT
+    kernel = Path(kernel) if kernel else default_kernel(design)
     if not kernel.exists():
         raise MissingToolError(f"lab kernel {kernel} does not exist")
     if isinstance(command, str):
@@ -185,6 +195,10 @@ def run(
     cwd = Path(cwd or os.getcwd())
     # Tests in the lab boot KVM guests on the same kernel.
     env = {"HASHLAB_LAB_KERNEL": str(kernel), **forwarded_env(), **(env or {})}
+    if design:
+        env["HASHLAB_LAB_DESIGN"] = design
+    else:  # an outer lab's design says nothing about this kernel
+        env.pop("HASHLAB_LAB_DESIGN", None)
     if env:
         script = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " " + script
     # The status marker tells "the command exited N" from "the VM died" (vng says 255

@@ -26,6 +26,7 @@ class RowResult:
     reason: str = ""
     qemu: str = ""  # "stock 10.0.2"
     kernel: str = ""  # "host 6.18.44 (no series)"
+    design: str | None = None  # the lab kernel's design (hashlab.designs); None: the host's
     where: str = ""
     vhost: bool = False
     model: str = ""

@@ -2,7 +2,8 @@
 
 Rows (``ROWS``) name a datapath: which QEMU (Debian's stock build or ours), vhost on or
 off, and where it runs (``host``: this machine's kernel, which lacks the series, under
-TCG; ``lab``: inside the lab VM, on the lab kernel with the series, under KVM).  Each row
+TCG; ``lab``: inside the lab VM, under KVM, on the kernel of the row's *design*,
+``hashlab.designs``: ``progtype`` with the series, ``stock`` without).  Each row
 runs the base scenario (default ``scenarios/software-rss.yaml``: 2 queue pairs, Microsoft
 key, equal table, the whole corpus) with its datapath, and is judged twice from the
 same observations:
@@ -17,7 +18,7 @@ same observations:
 
 A row that cannot run says why ("not built: ...", "not supported: ..."); it is never
 silently missing.  ``run_rows`` runs rows here; ``compare`` (the ``hashlab compare``
-command) runs the host rows here and all lab rows in one lab VM boot, and merges both
+command) runs the host rows here and the lab rows in one lab VM boot per design, and merges them
 into one table and one JSON document.  Merging here and rendering (``hashlab.results.matrix``)
 are pure functions over ``RowResult`` (tests/test_compare_matrix.py).
 """
@@ -37,6 +38,7 @@ from typing import Callable
 
 import yaml
 
+from .. import designs
 from ..host import datapath
 from ..results import report
 from ..oracle import rss
@@ -56,55 +58,60 @@ class Row:
     qemu: str  # stock | patched
     vhost: bool
     where: str  # host | lab
-    kernel: str  # for the table when the row does not run
+    design: str | None  # the lab kernel (hashlab.designs); None: the host's own kernel
     model: str  # the row's own expectation, in words
     behaviour: str = "auto"  # oracle model for the verdict
     expect: dict = field(default_factory=dict)  # scenario `expect` overrides
     keep_pins: bool = False  # the base scenario's known divergences apply (qemu-software)
-    needs_unpatched_lab_kernel: bool = False
     # The same QEMU and vhost on the kernel without the series: a new kernel must give
     # this row at least what that one gives (RSS, right queues, hashes); else REGRESSION.
     baseline: str = ""
     device: dict = field(default_factory=dict)  # extra -device options over the base's
 
+    @property
+    def kernel(self) -> str:
+        """For the table when the row does not run."""
+        if self.design is None:
+            return "host (no series)"
+        return "lab (series)" if designs.get(self.design).series else "lab without the series"
+
 
 ROWS: tuple[Row, ...] = (
     Row("host-stock", "QEMU userspace RSS + hash (tap, vhost=off)", "stock", False, "host",
-        "host (no series)", "QEMU software model", "qemu-software",
+        None, "QEMU software model", "qemu-software",
         {"rss_negotiated": True, "hash_report_negotiated": True}, keep_pins=True),
     Row("host-patched", "patched QEMU, kernel without the series (tap, vhost=off)", "patched",
-        False, "host", "host (no series)",
+        False, "host", None,
         "software fallback, as upstream", "qemu-software",
         {"rss_negotiated": True, "hash_report_negotiated": True}, keep_pins=True),
     # The series makes HASH_REPORT opt-in for the VMM (VHOST_NET_BACKEND_F_HASH_REPORT):
     # stock QEMU, which does not opt in, must see exactly the stock kernel.
     Row("lab-stock-vhost", "stock QEMU + patched vhost_net (vhost=on)", "stock", True, "lab",
-        "lab (series)",
+        "progtype",
         "as on the stock kernel: no HASH_REPORT, eBPF steering", "qemu-ebpf",
         {"rss_negotiated": True, "hash_report_negotiated": False},
         baseline="lab-stock-vhost-stock-kernel"),
     Row("lab-patched", "patched QEMU, eBPF hash via tap (vhost=off)", "patched", False, "lab",
-        "lab (series)", "spec", "spec",
+        "progtype", "spec", "spec",
         {"rss_negotiated": True, "hash_report_negotiated": True}),
     Row("lab-patched-vhost", "patched QEMU, eBPF hash via vhost_net (vhost=on)", "patched",
-        True, "lab", "lab (series)", "spec", "spec",
+        True, "lab", "progtype", "spec", "spec",
         {"rss_negotiated": True, "hash_report_negotiated": True},
         baseline="lab-patched-vhost-stock-kernel"),
     Row("lab-stock-vhost-stock-kernel", "stock QEMU + stock vhost_net (vhost=on)", "stock",
-        True, "lab", "lab without the series",
+        True, "lab", "stock",
         "upstream: no HASH_REPORT, eBPF steering", "qemu-ebpf",
-        {"rss_negotiated": True, "hash_report_negotiated": False},
-        needs_unpatched_lab_kernel=True),
+        {"rss_negotiated": True, "hash_report_negotiated": False}),
     Row("lab-patched-vhost-stock-kernel", "patched QEMU + stock vhost_net (vhost=on)",
-        "patched", True, "lab", "lab without the series",
+        "patched", True, "lab", "stock",
         "no HASH_REPORT (vhost_net lacks it), eBPF steering", "spec",
         {"rss_negotiated": True, "hash_report_negotiated": False},
         # auto: QEMU starts without hash reports and says why (on would refuse to start)
-        needs_unpatched_lab_kernel=True, device={"vhost-hash-report": "auto"}),
+        device={"vhost-hash-report": "auto"}),
 )
 ROW_IDS = tuple(r.id for r in ROWS)
 ROWS_BY_ID = {r.id: r for r in ROWS}
-UNPATCHED_LAB_REASON = "the stock lab kernel (no series) is not built (scripts/build-kernel --stock)"
+UNPATCHED_LAB_REASON = datapath.kernel_not_built(designs.CONTROL)
 
 
 def parse_rows(text: str | None) -> list[Row]:
@@ -198,7 +205,7 @@ def row_result_from_run(row: Row, res, seconds: float) -> RowResult:
     vh = info.get("vhost", {})
     spec = spec_comparison(res) if res.batches else None
     return RowResult(
-        id=row.id, datapath=row.datapath, status=RAN,
+        id=row.id, datapath=row.datapath, status=RAN, design=row.design,
         qemu=f"{dp.get('qemu', row.qemu)} {dp.get('qemu_version', '?')}",
         kernel=f"{'lab' if dp.get('where') == 'lab' else 'host'} "
                f"{dp.get('host_kernel', '?')} "
@@ -237,8 +244,11 @@ def row_scenario_doc(row: Row, base: dict, guest_kernel: str | None = None) -> d
     doc["description"] = f"{row.datapath}; base: {base.get('name')}"
     dp = dict(doc.get("datapath") or {})
     dp.pop("netdev", None)
+    dp.pop("design", None)
     dp.update({"qemu": row.qemu, "vhost": "on" if row.vhost else "off", "where": row.where,
                "behaviour": row.behaviour})
+    if row.design:
+        dp["design"] = row.design
     if row.device:
         dp["device"] = {**(dp.get("device") or DatapathSpec().device), **row.device}
     doc["datapath"] = dp
@@ -262,22 +272,18 @@ def row_scenario(row: Row, base: dict, guest_kernel: str | None = None):
 
 def availability(row: Row, here_is_lab: bool) -> tuple[str, str] | None:
     """(status, reason) when ROW cannot run from here, else None."""
-    if row.needs_unpatched_lab_kernel and not here_is_lab and \
-            datapath.stock_lab_kernel_path() is None:
-        return NOT_BUILT, UNPATCHED_LAB_REASON
-    if row.where == "lab" and here_is_lab and \
-            datapath.kernel_has_series() == row.needs_unpatched_lab_kernel:
-        return NOT_SUPPORTED, ("this lab VM runs the kernel with the series" if
-                               row.needs_unpatched_lab_kernel else
-                               "this kernel has no BPF_PROG_TYPE_VNET_HASH (not the lab kernel)")
+    if row.where == "lab" and here_is_lab:
+        running = datapath.running_design()
+        if running != row.design:
+            return NOT_SUPPORTED, f"this lab VM runs the {running} kernel, not {row.design}"
     if row.qemu == "patched":
         try:
             datapath.patched_qemu()
         except MissingToolError:
             return NOT_BUILT, "the patched QEMU is not built (scripts/build-qemu)"
     if row.where == "lab" and not here_is_lab:
-        if datapath.lab_kernel_path() is None:
-            return NOT_BUILT, "the lab kernel is not built (scripts/build-kernel)"
+        if datapath.lab_kernel_path(row.design) is None:
+            return NOT_BUILT, datapath.kernel_not_built(row.design)
     if row.where == "host" and here_is_lab:
         return NOT_SUPPORTED, "a host row: it runs on the host kernel, not in the lab VM"
     if row.where == "lab" and here_is_lab and not datapath.kvm_usable():
@@ -290,7 +296,8 @@ def placeholder(row: Row, status: str, reason: str) -> RowResult:
                      qemu=datapath.qemu_label(row.qemu) if row.qemu == "stock" else
                      ("patched" if status == NOT_BUILT and "QEMU" in reason
                       else datapath.qemu_label(row.qemu)),
-                     kernel=row.kernel, where=row.where, vhost=row.vhost, model=row.model)
+                     kernel=row.kernel, design=row.design, where=row.where, vhost=row.vhost,
+                     model=row.model)
 
 
 async def run_row(row: Row, base: dict, out: Path, guest_kernel: str | None,
@@ -364,10 +371,17 @@ def lab_argv(rows: list[Row], json_out: Path, out: Path, base: Path,
     return argv
 
 
-def _lab_part(runnable: list[Row], stock: bool, out: Path, base: dict, base_path: Path,
-              guest_kernel: str | None, lab_timeout: float, echo) -> list[RowResult]:
-    """RUNNABLE in one lab VM boot (STOCK: on the control kernel without the series)."""
-    json_out = out / ("lab-stock-kernel-rows.json" if stock else "lab-rows.json")
+def lab_part_name(design: str) -> str:
+    """'lab' for the default design's boot, 'lab-<design>-kernel' for the others (names
+    its timing and its JSON file, as before the registry: 'lab-stock-kernel')."""
+    return "lab" if design == designs.DEFAULT else f"lab-{design}-kernel"
+
+
+def _lab_part(runnable: list[Row], design: designs.Design, out: Path, base: dict,
+              base_path: Path, guest_kernel: str | None, lab_timeout: float,
+              echo) -> list[RowResult]:
+    """RUNNABLE in one lab VM boot of DESIGN's kernel."""
+    json_out = out / f"{lab_part_name(design.name)}-rows.json"
     json_out.unlink(missing_ok=True)
     try:
         scs = [row_scenario(r, base, guest_kernel) for r in runnable]
@@ -377,10 +391,12 @@ def _lab_part(runnable: list[Row], stock: bool, out: Path, base: dict, base_path
     except HashlabError as e:
         return [placeholder(r, NOT_BUILT, f"preparing the lab run: {e}") for r in runnable]
     argv = lab_argv(runnable, json_out, out, base_path, guest_kernel)
-    echo(f"hashlab compare: booting the lab VM{' (stock kernel, no series)' if stock else ''}"
+    which = "" if design.name == designs.DEFAULT else \
+        f" ({design.name} kernel{'' if design.series else ', no series'})"
+    echo(f"hashlab compare: booting the lab VM{which}"
          f" for {len(runnable)} row(s): {', '.join(r.id for r in runnable)}")
     try:
-        res = datapath.run_in_lab(argv, env, lab_timeout, echo, stock_kernel=stock,
+        res = datapath.run_in_lab(argv, env, lab_timeout, echo, design=design.name,
                                   writes=[out], reads=[base_path], expect=[json_out])
         status = f"lab VM done in {res.seconds:.0f}s, status {res.status}"
     except HashlabError as e:
@@ -435,14 +451,14 @@ def compare(rows: list[Row], out: Path, base_path: Path, guest_kernel: str | Non
         results_lab += [placeholder(r, NOT_SUPPORTED, "lab rows skipped (--no-lab)")
                         for r in runnable]
         runnable = []
-    # One lab VM boot per lab kernel: the one with the series, then the stock control.
-    for stock in (False, True):
-        group = [r for r in runnable if r.needs_unpatched_lab_kernel == stock]
+    # One lab VM boot per design: the default one first, then the others (the control).
+    for d in sorted(designs.DESIGNS, key=lambda d: d.name != designs.DEFAULT):
+        group = [r for r in runnable if r.design == d.name]
         if group:
             t1 = time.monotonic()
-            results_lab += _lab_part(group, stock, out, base, base_path, guest_kernel,
+            results_lab += _lab_part(group, d, out, base, base_path, guest_kernel,
                                      lab_timeout, echo)
-            timings["lab-stock-kernel" if stock else "lab"] = round(time.monotonic() - t1, 1)
+            timings[lab_part_name(d.name)] = round(time.monotonic() - t1, 1)
     merged = merge(rows, results_local, results_lab)
     find_regressions(merged)
     timings["total"] = round(time.monotonic() - t0, 1)

@@ -332,13 +332,15 @@ def resolve_queue_model(sc: Scenario, gf: dict[str, bool], behaviour: str,
 
 def datapath_info(sc: Scenario, qemu_bin: str) -> dict:
     has_series = datapath.kernel_has_series()
+    running = datapath.running_design()
     inside = datapath.in_lab()
     return {"qemu": sc.datapath.qemu_kind, "qemu_binary": qemu_bin,
             "qemu_version": datapath.qemu_version(qemu_bin), "vhost": sc.datapath.vhost,
             "where": "lab" if inside else "host", "scenario_where": sc.where,
             "accel": sc.datapath.resolved_accel(inside), "host_kernel": datapath.kernel_release(),
-            "kernel_has_series": has_series,
-            "behaviour": sc.datapath.resolved_behaviour(has_series)}
+            "kernel_has_series": has_series, "design": running if inside else None,
+            "scenario_design": sc.datapath.design,
+            "behaviour": sc.datapath.resolved_behaviour(running)}
 
 
 @contextlib.asynccontextmanager
@@ -393,6 +395,9 @@ async def _run(sc: Scenario, out: Path, kernel: str | None, echo, t0: float,
     info["datapath"] = dp
     if sc.where == "lab" and dp["where"] != "lab":
         echo(f"hashlab: note: {sc.name} is meant for the lab VM (where: lab); running it here")
+    elif sc.datapath.design and dp["where"] == "lab" and dp["design"] != sc.datapath.design:
+        echo(f"hashlab: note: {sc.name} is meant for the {sc.datapath.design} kernel; this "
+             f"lab VM runs {dp['design']}")
     if dp["accel"] == "kvm" and not datapath.kvm_usable():
         raise HashlabError("datapath needs KVM (-accel kvm) but /dev/kvm is not usable here "
                            "(run it in the lab VM: where: lab)")

@@ -23,14 +23,19 @@ A scenario is a YAML mapping, validated strictly (an unknown or mistyped field i
       vhost: "off"                    # on | off: -netdev tap,vhost=... (vhost_net)
       where: host                     # host (this machine, TCG) | lab (inside the lab VM,
                                       # KVM: `hashlab run` boots the lab VM for it)
+      design: progtype                # where: lab only: which lab kernel (hashlab.designs:
+                                      # stock | progtype; default progtype).  On the host the
+                                      # kernel is the host's own: no design field (it is
+                                      # whatever the host runs, probed at run time)
       accel: auto                     # auto (kvm in the lab, tcg on the host) | kvm | tcg
       queues: 2                       # tap queues = the device's queue pairs
       netdev: {}                      # extra -netdev tap options
       device: {rss: "on", hash: "on"} # extra -device virtio-net-pci options (patched QEMU,
                                       # vhost=on, hash=on: vhost-hash-report defaults to on)
       behaviour: auto                 # oracle model: spec | qemu-software | qemu-ebpf | auto
-                                      # (auto: spec for patched QEMU in the lab, where its
-                                      # eBPF program hashes; qemu-software otherwise)
+                                      # (auto: for patched QEMU, the running kernel's
+                                      # design's behaviour: spec on progtype, where its eBPF
+                                      # program hashes; qemu-software otherwise)
     corpus:
       seed: 0
       slices: all                     # or a list of slice names
@@ -70,6 +75,7 @@ from typing import Any
 
 import yaml
 
+from .. import designs
 from ..oracle import rss
 from ..errors import UsageError
 from ..host.qemu_process import HOST_QEMU
@@ -129,6 +135,7 @@ class DatapathSpec:
     behaviour: str = "auto"
     where: str = "host"
     accel: str = "auto"
+    design: str | None = None  # where: lab: the lab kernel's design; None: the host's kernel
 
     @property
     def vhost(self) -> bool:
@@ -155,12 +162,14 @@ class DatapathSpec:
             return self.accel
         return "kvm" if in_lab else "tcg"
 
-    def resolved_behaviour(self, kernel_has_series: bool) -> str:
-        """The oracle model; ``auto``: spec where the patched eBPF program hashes."""
+    def resolved_behaviour(self, running: str | designs.Design) -> str:
+        """The oracle model on the RUNNING kernel's design; ``auto``: what the patched
+        QEMU's guest sees on that design (spec where its eBPF program hashes), QEMU's
+        software path for the others."""
         if self.behaviour != "auto":
             return self.behaviour
-        if self.qemu == "patched" and kernel_has_series:
-            return "spec"
+        if self.qemu == "patched":
+            return designs.get(running).behaviour
         return "qemu-software"
 
 
@@ -322,7 +331,8 @@ def parse_scenario(data: Any, where: str = "<scenario>", path: Path | None = Non
 
     # datapath first: guest.queues defaults to it
     dp = v.mapping("datapath", top.get("datapath", {}) or {},
-                   {"qemu", "queues", "netdev", "device", "behaviour", "vhost", "where", "accel"})
+                   {"qemu", "queues", "netdev", "device", "behaviour", "vhost", "where", "accel",
+                    "design"})
     d = sc.datapath
     if "qemu" in dp:
         q = v.typed("datapath.qemu", dp["qemu"], str, "stock, patched or a path")
@@ -364,6 +374,15 @@ def parse_scenario(data: Any, where: str = "<scenario>", path: Path | None = Non
         d.accel = v.typed("datapath.accel", dp["accel"], str, "auto, kvm or tcg")
         if d.accel not in ACCELS:
             v.fail("datapath.accel", f"{d.accel!r} (valid: {', '.join(ACCELS)})")
+    if "design" in dp:
+        d.design = v.typed("datapath.design", dp["design"], str, "a design name")
+        if d.design not in designs.NAMES:
+            v.fail("datapath.design", f"{d.design!r} (valid: {', '.join(designs.NAMES)})")
+        if d.where != "lab":
+            v.fail("datapath.design", "applies to where: lab only (on the host the kernel "
+                   "is the host's own)")
+    elif d.where == "lab":
+        d.design = designs.DEFAULT
 
     g = v.mapping("guest", top.get("guest", {}) or {},
                   {"kernel", "queues", "rxhash", "key", "table", "flow_hash", "cpus", "memory",

@@ -1,0 +1,71 @@
+"""The designs under test: which kernel series, what a guest can expect on it.
+
+A *design* is one answer to "how does the kernel give the VMM virtio-net hash reports":
+a kernel patch series (``kernel/series/<name>/``), or none at all for the control.
+Everything else asks this registry instead of spelling a design out: the kernel build
+and its cache entry (``build.kernel``), the lab VM (``hashlab lab --design``),
+scenarios (``datapath.design``), the comparison rows (``run.compare``) and the bench.
+
+Adding a design: its series directory, one ``Design`` in ``DESIGNS``, and, if the
+patched QEMU's guest sees something new on it, an oracle behaviour in ``oracle.rss``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UsageError
+from .oracle.rss import BEHAVIOURS
+from .paths import KERNEL_DIR
+
+SERIES_DIR = KERNEL_DIR / "series"
+
+
+@dataclass(frozen=True)
+class Design:
+    name: str
+    title: str  # one line, for tables and --help
+    series: str | None  # directory under kernel/series/; None: the kernel as Debian ships it
+    # Does vhost_net give a VMM that asks for it VIRTIO_NET_F_HASH_REPORT on this kernel?
+    hash_report_with_vhost: bool
+    # The oracle behaviour (oracle.rss.BEHAVIOURS) the patched QEMU's guest sees here.
+    behaviour: str
+    # The cache entry kind of its kernel build.  Spelled out, not derived: the entries
+    # built before the registry existed keep their paths ("kernel", "kernel-stock").
+    cache_kind: str
+    divergences: tuple[str, ...] = ()  # known divergences from the spec (oracle names)
+
+    def __post_init__(self):  # a typo here would only show as a wrong verdict much later
+        if self.behaviour not in BEHAVIOURS:
+            raise ValueError(f"design {self.name}: unknown behaviour {self.behaviour!r}")
+
+    @property
+    def series_dir(self) -> Path | None:
+        return SERIES_DIR / self.series if self.series else None
+
+
+DESIGNS: tuple[Design, ...] = (
+    Design("stock", "the control: the lab kernel without any series", None,
+           hash_report_with_vhost=False, behaviour="qemu-software", cache_kind="kernel-stock"),
+    Design("progtype", "the RFC's BPF_PROG_TYPE_VNET_HASH: tun runs a hash program",
+           "progtype", hash_report_with_vhost=True, behaviour="spec", cache_kind="kernel"),
+)
+BY_NAME = {d.name: d for d in DESIGNS}
+NAMES = tuple(BY_NAME)
+DEFAULT = "progtype"  # the series under review: what the lab VM boots unless told
+CONTROL = "stock"
+
+
+def get(name: str | Design | None = None) -> Design:
+    """The design NAME (a Design passes through; None: DEFAULT); UsageError if unknown."""
+    if isinstance(name, Design):
+        return name
+    d = BY_NAME.get(name or DEFAULT)
+    if d is None:
+        raise UsageError(f"unknown design {name!r} (designs: {', '.join(NAMES)})")
+    return d
+
+
+def with_series() -> tuple[Design, ...]:
+    return tuple(d for d in DESIGNS if d.series)
