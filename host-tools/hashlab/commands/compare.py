@@ -20,8 +20,8 @@ def register(sub):
         help="run the base scenario on every datapath and print one comparison table",
         description="Run the base scenario (default scenarios/software-rss.yaml) on each "
         "datapath row: stock and patched QEMU, vhost on and off, on this machine's kernel "
-        "(host rows, TCG) and in the lab VM (lab rows, KVM, the patched kernel; all lab "
-        "rows share one lab VM boot).  Every frame is judged against the spec for the "
+        "(host rows, TCG) and in the lab VM (lab rows, KVM, on the kernel of the row's "
+        "design: progtype with the series, stock without; one lab VM boot per design).  Every frame is judged against the spec for the "
         "table, and against the row's own model for its verdict.  Rows that cannot run say "
         "why.  Writes OUT/compare.json, OUT/report.md and OUT/report.html (per-queue "
         "distribution plots) and each row's results under OUT/<row>/.  Exit status 1 when a "
