@@ -110,3 +110,44 @@ def test_build_kernel_refuses_what_it_cannot_build_before_any_work(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["build", "kernel", "--design", "nope"])
     assert e.value.code == 2 and "choose from 'stock', 'progtype'" in capsys.readouterr().err
+
+
+def test_hashlab_lab_boots_the_design_it_is_given(monkeypatch):
+    from hashlab import cli
+    from hashlab.host import lab
+
+    got = []
+
+    def fake_run(cmd, **kw):
+        got.append((cmd, kw["design"], kw["kernel"]))
+        return lab.LabResult(0, KERNEL_DIR / "console.log", 1.0)
+
+    monkeypatch.setattr(lab, "run", fake_run)
+    assert cli.main(["lab", "--design", "stock", "--", "true"]) == 0
+    assert cli.main(["lab", "--", "true"]) == 0  # lab.run picks the default design
+    assert got == [(["true"], "stock", None), (["true"], None, None)]
+    with pytest.raises(SystemExit):
+        cli.main(["lab", "--design", "nope", "--", "true"])
+
+
+def test_the_running_design(monkeypatch, tmp_path):
+    """In a lab VM the design it was booted as; else the kernel is probed."""
+    from hashlab.host import datapath
+
+    monkeypatch.setattr(datapath, "kernel_has_series", lambda: False)
+    monkeypatch.delenv(datapath.LAB_DESIGN_ENV, raising=False)
+    assert datapath.running_design() == "stock"
+    monkeypatch.setattr(datapath, "kernel_has_series", lambda: True)
+    assert datapath.running_design() == "progtype"
+    monkeypatch.setenv(datapath.LAB_DESIGN_ENV, "stock")
+    assert datapath.running_design() == "stock"
+    # inside the lab VM the running kernel is the lab kernel of its own design only
+    bz = tmp_path / "bzImage"
+    bz.write_bytes(b"")
+    monkeypatch.setenv("HASHLAB_LAB_KERNEL", str(bz))
+    assert datapath.lab_kernel_path("stock") == bz
+    assert datapath.lab_kernel_path("progtype") != bz
+    assert datapath.kernel_not_built("stock") == (
+        "the stock lab kernel (no series) is not built (scripts/build-kernel --design stock)")
+    assert datapath.kernel_not_built("progtype") == (
+        "the lab kernel is not built (scripts/build-kernel)")
