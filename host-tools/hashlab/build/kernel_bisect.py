@@ -1,17 +1,17 @@
 """`hashlab build kernel --bisect`: every prefix of the series builds, with TUN=y and =m.
 
 A posted series must build at every patch (`git bisect` lands anywhere).  For each
-prefix 1..k of a design's series (default ``progtype``: kernel/series/progtype), applied to the pristine source, this compiles the kernel
-objects of every C file the series touches (the headers it touches are compiled through
-them), once with lab.config (everything built in) and once with tun, tap, macvtap and
+prefix 1..k of a design's series (default ``progtype``: kernel/series/progtype), applied
+to the pristine source, this compiles the kernel objects of every C file the series
+touches (the headers it touches are compiled through them), once with lab.config (everything built in) and once with tun, tap, macvtap and
 vhost_net as modules (``-DMODULE``: the ``=m`` side of ``IS_ENABLED()``).  Objects only,
 no link: the full build (`hashlab build kernel`) links the whole series.  ccache keeps a
 rerun to the objects a patch really changes.
 
-The result is a cache entry of kind ``kernel-bisect`` for ``progtype`` (``kernel-bisect-<name>``
-for another design; keyed like its kernel: source, compiler, lab.config, every patch),
-holding ``bisect.json``; a failure names the patch
-and the configuration, and keeps the log.
+The result is a cache entry of kind ``kernel-bisect`` for ``progtype``
+(``kernel-bisect-<name>`` for another design; keyed like its kernel: source, compiler,
+lab.config, every patch), holding ``bisect.json``; a failure names the patch and the
+configuration, and keeps the log.
 """
 
 from __future__ import annotations
@@ -108,7 +108,8 @@ def _bisect(e: CacheEntry, jobs: int, nice: int, design: designs.Design) -> Path
     env = K._make_env(work)
     cc = "ccache gcc" if shutil.which("ccache") else "gcc"
     t0 = time.monotonic()
-    K.log(f"bisect: design {design.name}, {len(patches)} patches x (=y, =m), objects {' '.join(objects)}; "
+    K.log(f"bisect: design {design.name}, {len(patches)} patches x (=y, =m), "
+          f"objects {' '.join(objects)}; "
           f"log: {logfile}")
     K.unpack(tarball, src, logfile)
     configs = {"y": K.LAB_CONFIG, "m": module_fragment(work / "modules.config")}

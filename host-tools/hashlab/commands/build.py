@@ -45,7 +45,8 @@ def _kernel(args: argparse.Namespace) -> int:
         path = kernel_bisect.ensure_bisect(force=args.force, jobs=args.jobs, nice=args.nice,
                                            design=design)
         doc = json.loads((path / "bisect.json").read_text())
-        print(f"kernel series bisect ({design.name}): {path}: {len(doc['patches'])} patches x "
+        which = "" if design.name == designs.DEFAULT else f" ({design.name})"
+        print(f"kernel series bisect{which}: {path}: {len(doc['patches'])} patches x "
               f"TUN=y/m, {len(doc['results'])} builds, all ok ({doc['seconds']:.0f}s)")
         return 0
 
@@ -57,7 +58,8 @@ def _kernel(args: argparse.Namespace) -> int:
         print(f"{design.name} kernel (no series): {path}")
         print(f"  bzImage  {path / 'bzImage'}  ({(path / 'kernel.release').read_text().strip()})")
     else:
-        print(f"kernel ({design.name}): {path}")
+        which = "" if design.name == designs.DEFAULT else f" ({design.name})"
+        print(f"kernel{which}: {path}")
         print(f"  bzImage  {path / 'bzImage'}  ({(path / 'kernel.release').read_text().strip()})")
         print(f"  headers  {path / 'headers' / 'include'}")
         print(f"  libbpf   PKG_CONFIG_PATH={path / 'libbpf' / 'lib' / 'pkgconfig'}")

@@ -46,8 +46,8 @@ def register(sub):
 
 def _run(args) -> int:
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
-    res = lab.run(cmd, kernel=args.kernel, design=args.design, timeout=args.timeout, memory=args.memory,
-                  cpus=args.cpus, verbose=args.verbose, append=args.append,
+    res = lab.run(cmd, kernel=args.kernel, design=args.design, timeout=args.timeout,
+                  memory=args.memory, cpus=args.cpus, verbose=args.verbose, append=args.append,
                   writes=[Path(d) for d in args.rwdir], reads=[Path(d) for d in args.rodir])
     for o in res.oopses:
         print(f"hashlab: kernel warning in the lab VM: {o}", file=sys.stderr)
