@@ -27,12 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import HashlabError, MissingToolError
+from ..uapi import linux as L
 
-# enum bpf_prog_type values this module needs.
-PROG_TYPE_SOCKET_FILTER = 1
-PROG_TYPE_NETFILTER = 32
-# The lab kernel's series appends BPF_PROG_TYPE_VNET_HASH right after NETFILTER.
-PROG_TYPE_VNET_HASH = PROG_TYPE_NETFILTER + 1
+# enum bpf_prog_type values this module needs (their one home: hashlab.uapi.linux).
+PROG_TYPE_SOCKET_FILTER = L.BPF_PROG_TYPE_SOCKET_FILTER
+PROG_TYPE_VNET_HASH = L.BPF_PROG_TYPE_VNET_HASH
 
 
 class BpfError(HashlabError):
@@ -92,8 +91,11 @@ class SkBuff(ctypes.Structure):
     ]
 
 
-assert ctypes.sizeof(SkBuff) == 200 and SkBuff.hwtstamp.offset == 184
-assert SkBuff.vnet_hash_value.offset == 192
+# The ctypes view libbpf needs, checked against the layout's one home (hashlab.uapi.linux).
+assert ctypes.sizeof(SkBuff) == L.SKB_SIZE and SkBuff.hwtstamp.offset == 184
+assert (SkBuff.vnet_hash_value.offset, SkBuff.vnet_hash_report.offset,
+        SkBuff.vnet_rss_queue.offset) == (L.SKB_VNET_HASH_VALUE, L.SKB_VNET_HASH_REPORT,
+                                          L.SKB_VNET_RSS_QUEUE)
 SKB_SIZE_UPSTREAM = SkBuff.vnet_hash_value.offset  # __sk_buff without the series
 
 
