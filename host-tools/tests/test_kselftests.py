@@ -23,15 +23,26 @@ KTAP_RESULT = re.compile(r"^(ok|not ok) (\d+) (\S+)(?: # (SKIP|XFAIL)\b(.*))?$")
 
 
 def series_tests(name: str) -> list[str]:
-    """KTAP names of the kselftest NAME's tests, from the patch that adds it."""
+    """KTAP names of the kselftest NAME's tests, from the patches that write it: TEST(t) is
+    ``global.t``, TEST_F(f, t) is ``f.t``, or ``f.v.t`` for each FIXTURE_VARIANT_ADD(f, v)."""
     rel = SELFTESTS[name]
+    added: list[str] = []
     for p in sorted(designs.get().series_dir.glob("*.patch")):
         text = p.read_text(errors="replace")
         if f"+++ b/{rel}" in text:
-            body = text.split(f"+++ b/{rel}", 1)[1].split("\ndiff --git", 1)[0]
-            return [f"{m.group(1) or 'global'}.{m.group(2)}"
-                    for m in re.finditer(r"^\+TEST(?:_F)?\((?:(\w+), )?(\w+)\)", body, re.M)]
-    return []
+            added += [ln for ln in text.split(f"+++ b/{rel}", 1)[1].split("\ndiff --git", 1)[0]
+                      .splitlines() if ln.startswith("+")]
+    body = "\n".join(added)
+    variants: dict[str, list[str]] = {}
+    for f, v in re.findall(r"^\+FIXTURE_VARIANT_ADD\((\w+), (\w+)\)", body, re.M):
+        variants.setdefault(f, []).append(v)
+    names = []
+    for f, t in re.findall(r"^\+TEST(?:_F)?\((?:(\w+), )?(\w+)\)", body, re.M):
+        if f and f in variants:
+            names += [f"{f}.{v}.{t}" for v in variants[f]]
+        else:
+            names.append(f"{f or 'global'}.{t}")
+    return names
 
 
 def ktap(out: str) -> dict[str, tuple[str, str]]:
