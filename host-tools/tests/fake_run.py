@@ -17,7 +17,7 @@ from hashlab.host import datapath
 from hashlab.host.machine import AgentReply, QemuExited, QemuStartError  # noqa: F401
 from hashlab.oracle import rss
 from hashlab.run import guest as guestmod
-from hashlab.run import load, orchestrator
+from hashlab.run import load, steps
 from hashlab.run.scenario import parse_scenario
 
 GOLDEN = Path(__file__).parent / "data" / "orchestrator"
@@ -165,7 +165,7 @@ class FakeMachine:
 
     async def qmp_cmd(self, cmd, **args):
         if cmd == "x-query-virtio":
-            return [{"name": "virtio-net", "path": f"/machine/peripheral/{orchestrator.NIC_ID}/"
+            return [{"name": "virtio-net", "path": f"/machine/peripheral/{steps.NIC_ID}/"
                                                    "virtio-backend"}]
         feats = {"dev-features": QEMU_FEATURES}
         return {"guest-features": feats, "host-features": feats, "vhost-started": False}
@@ -187,11 +187,11 @@ def install(monkeypatch, tmp_path: Path) -> None:
     """Replace QEMU, the tap, the guest image and the host probes with the fakes."""
     image = GuestImage(kernel=tmp_path / "bzImage", initrd=tmp_path / "initrd", key="fakekey",
                        kernel_version="6.12.0-fake", modules=("virtio_net",))
-    monkeypatch.setattr(orchestrator, "Machine", FakeMachine, raising=False)
-    monkeypatch.setattr("hashlab.run.orchestrator.Tap", FakeTap, raising=False)
-    monkeypatch.setattr("hashlab.run.orchestrator.build_guest", lambda k: image, raising=False)
+    monkeypatch.setattr(steps, "Machine", FakeMachine)
+    monkeypatch.setattr(steps, "Tap", FakeTap)
+    monkeypatch.setattr(steps, "build_guest", lambda k: image)
     monkeypatch.setattr(load, "run", fake_load_run)
-    monkeypatch.setattr(orchestrator, "load_factor", lambda: 1.0, raising=False)
+    monkeypatch.setattr(steps, "load_factor", lambda: 1.0)
     monkeypatch.setattr("hashlab.retries.record", lambda what, detail: None)
     for name, value in {"kernel_has_series": False, "running_design": "stock", "in_lab": False,
                         "qemu_version": "10.0.99", "kernel_release": "6.12.0-host",
