@@ -2,7 +2,7 @@
 
 Runs on the host tier.  Observations are made up from the oracle (a "perfect" device,
 one with no hashes, one on the wrong queue) and go through the same functions that
-judge a real run (``hashlab.run.compare``, ``hashlab.run.orchestrator.Batch``).
+judge a real run (``hashlab.run.compare``, ``hashlab.run.result.Batch``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from hashlab.host import datapath
 from hashlab.results import htmlreport, report
 from hashlab.frames import packets
 from hashlab.oracle import rss
-from hashlab.run.orchestrator import Batch, RunResult, hash_queue
+from hashlab.run.result import (Batch, Datapath, GuestConfig, Negotiation, OracleChoice,
+                                RunResult, VhostState, hash_queue)
 from hashlab.errors import UsageError
 from hashlab.oracle.rss import Report
 
@@ -51,19 +52,24 @@ def fake_run(frames, observed, conf, *, hash_report=True, check_hash=True, queue
              rss_on=True, ok=True, behaviour=None, where="host", series=False):
     b = Batch(0, frames, observed, conf, check_hash, queue_model, 2, hash_report)
     cmp = report.compare_batches([(b.sent(), b.observed, b.check_hash)])
-    info = {
-        "datapath": {"qemu": "patched", "qemu_version": "10.0.13", "where": where,
-                     "host_kernel": "6.12.117", "kernel_has_series": series},
-        "qemu": {"features": {"host-features": {"RSS": rss_on, "HASH_REPORT": True},
-                              "guest-features": {"RSS": rss_on, "HASH_REPORT": hash_report}}},
-        "vhost": {"started": True, "vhost_dev": True, "fds": 2},
-        "guest": {"features": {"RSS": rss_on, "HASH_REPORT": hash_report}},
-        "oracle": {"behaviour": behaviour or conf.behaviour, "hashes": "oracle",
-                   "queues": queue_model},
-        "qemu_warnings": ["warning: something once"],
-    }
-    return RunResult("x", Path("/nonexistent"), ok and cmp.ok, cmp, [("vhost_running", None)],
-                     12.3, info, [b])
+    features = {"RSS": rss_on, "HASH_REPORT": hash_report}
+    return RunResult(
+        "x", Path("/nonexistent"), ok=ok and cmp.ok, comparison=cmp,
+        checks=[("vhost_running", None)], seconds=12.3, batches=[b],
+        datapath=Datapath(qemu="patched", qemu_binary="qemu", qemu_version="10.0.13",
+                          vhost=True, where=where, scenario_where=where, accel="kvm",
+                          host_kernel="6.12.117", kernel_has_series=series, design=None,
+                          scenario_design=None, behaviour=behaviour or conf.behaviour),
+        negotiation=Negotiation(negotiated=dict(features),
+                                offered={"RSS": rss_on, "HASH_REPORT": True}),
+        vhost=VhostState(started=True, vhost_dev=True, fds=2, acked_hash_report=hash_report,
+                         kernel_offers_hash_report=True, nvqs=4, max_queues=2),
+        guest=GuestConfig(features=dict(features), key=conf.key.hex(), table=conf.table,
+                          flows={}, hash_types="", rxhash=True, combined=2, raw={}),
+        oracle=OracleChoice(key=conf.key.hex(), hash_types="", check_hash=check_hash,
+                            behaviour=behaviour or conf.behaviour, hashes="oracle",
+                            queues=queue_model),
+        qemu_warnings=["warning: something once"])
 
 
 ROW = C.ROWS_BY_ID["lab-patched-vhost"]

@@ -41,7 +41,7 @@ def private_tmp(tmp_path, monkeypatch):
 async def run_and_check_cleanup(sc, out: Path, private_tmp: Path):
     before = qemu_pids(f"hashlab-{sc.name}")
     res = await run_scenario(sc, out, echo=lambda m: None)
-    tap = res.info["tap"]
+    tap = res.tap
     assert not (SYS_NET / tap).exists(), f"tap {tap} left behind"
     left = qemu_pids(f"hashlab-{sc.name}") - before
     assert not left, f"QEMU processes left: {left}"
@@ -74,9 +74,9 @@ async def test_software_rss_two_queues(tmp_path, private_tmp):
     assert all(q["observed"] > 0 for q in cmp.queues.values())
 
     # QEMU's view and the guest's agree, and both negotiated RSS + HASH_REPORT
-    assert res.info["guest"]["features"]["RSS"] and res.info["guest"]["features"]["HASH_REPORT"]
-    assert res.info["qemu"]["features"]["guest-features"] == {"RSS": True, "HASH_REPORT": True}
-    assert res.info["delivery"]["tap_tx_dropped"] == 0
+    assert res.guest.features["RSS"] and res.guest.features["HASH_REPORT"]
+    assert res.negotiation.negotiated == {"RSS": True, "HASH_REPORT": True}
+    assert res.delivery.tap_tx_dropped == 0
 
     doc = json.loads((out / "results.json").read_text())
     assert doc["ok"] is True and doc["comparison"]["counts"] == c
@@ -118,11 +118,11 @@ async def test_hash_report_without_rss(tmp_path, private_tmp):
     sc.corpus.slices = ["ipv4-tcp", "ipv6-udp", "ipv6-ext", "non-ip"]
     res = await run_and_check_cleanup(sc, tmp_path / "out", private_tmp)
     assert res.ok, res.summary()
-    assert not res.info["guest"]["features"]["RSS"] and res.info["guest"]["features"]["HASH_REPORT"]
-    assert res.info["oracle"]["queues"] == "any"
+    assert not res.guest.features["RSS"] and res.guest.features["HASH_REPORT"]
+    assert res.oracle.queues == "any"
     # the driver's probe sends VQ_PAIRS_SET after HASH_CONFIG, which QEMU takes as "hash
     # reporting off"; turning rxhash on commits HASH_CONFIG again
-    cmds = res.info["driver_commands"]
+    cmds = res.driver_commands
     assert any("VQ_PAIRS_SET" in c for c in cmds) and "HASH_CONFIG" in cmds[-1]
     assert res.comparison.by_report["UDPv6"]["match"] > 0
 
@@ -138,10 +138,10 @@ async def test_reconfigure_under_traffic(tmp_path, private_tmp):
         "expect": {"rss_negotiated": True, "hash_report_negotiated": True}}, "reconf")
     res = await run_and_check_cleanup(sc, tmp_path / "out", private_tmp)
     assert res.ok, res.summary()
-    steps = res.info["reconfigure"]
-    assert [s["device_types"] for s in steps] == [
+    steps = res.reconfigure
+    assert [s.device_types for s in steps] == [
         "ipv4,tcpv4,udpv4,ipv6,tcpv6,udpv6", "none", "ipv4,udpv4,ipv6,tcpv6,udpv6"]
-    assert all(s["filler_sent"] > 0 and s["filler_seen"] > 0 for s in steps)
+    assert all(s.filler_sent > 0 and s.filler_seen > 0 for s in steps)
     batches = {b: [v for v in res.comparison.verdicts if v.batch == b] for b in range(4)}
     assert all(batches[b] for b in range(4))
     # weights 0 1 0 2 for what is hashed; the rest (non-IP) to the unclassified queue 0
@@ -160,8 +160,8 @@ async def test_patched_qemu_without_the_series_falls_back(tmp_path, private_tmp)
     sc.corpus.slices = ["ipv4-tcp", "ipv4-udp", "ipv6-tcp", "ipv6-ext", "non-ip"]
     res = await run_and_check_cleanup(sc, tmp_path / "out", private_tmp)
     assert res.ok, res.summary()
-    assert res.info["datapath"]["qemu"] == "patched" and not res.info["datapath"]["kernel_has_series"]
-    warn = [w for w in res.info["qemu_warnings"] if "hash reporting is done in software" in w]
+    assert res.datapath.qemu == "patched" and not res.datapath.kernel_has_series
+    warn = [w for w in res.qemu_warnings if "hash reporting is done in software" in w]
     assert len(warn) == 1 and "BPF_PROG_TYPE_VNET_HASH" in warn[0]
 
 
@@ -196,8 +196,8 @@ async def test_boot_retry_gets_a_fresh_tap(tmp_path, private_tmp, monkeypatch):
     res = await run_and_check_cleanup(parse_scenario(doc, "retry"), tmp_path / "out", private_tmp)
     assert res.ok, res.summary()
     assert len(calls) == 2 and len(names) == 2 and names[0] != names[1]
-    assert res.info["tap"] == names[1]
-    assert [f["attempt"] for f in res.info["boot_failures"]] == [1]
+    assert res.tap == names[1]
+    assert [f.attempt for f in res.boot_failures] == [1]
     assert (tmp_path / "out" / "qemu.attempt1.log").exists()
 
     # the same retry on the old tap: QEMU aborts

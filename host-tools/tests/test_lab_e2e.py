@@ -47,7 +47,7 @@ async def run(sc, tmp_path):
     before = qemu_pids(f"hashlab-{sc.name}")
     res = await run_scenario(sc, results_root() / "lab-e2e" / sc.name, echo=print)
     print(res.summary())
-    assert not (SYS_NET / res.info["tap"]).exists(), "tap left behind"
+    assert not (SYS_NET / res.tap).exists(), "tap left behind"
     assert not (qemu_pids(f"hashlab-{sc.name}") - before), "QEMU left running"
     return res
 
@@ -62,15 +62,15 @@ def assert_clean(res, *, vhost: bool):
     assert not bad, bad[:10]
     assert c["mismatch"] == c["missing"] == c["duplicate"] == c["known_divergence"] == 0
     assert c["seen"] == c["sent"] > 0
-    assert res.info["datapath"]["kernel_has_series"] and res.info["datapath"]["accel"] == "kvm"
-    assert res.info["oracle"]["behaviour"] == "spec"
-    vh = res.info["vhost"]
+    assert res.datapath.kernel_has_series and res.datapath.accel == "kvm"
+    assert res.oracle.behaviour == "spec"
+    vh = res.vhost
     if vhost:
-        assert vh["started"] and vh["vhost_dev"] and vh["fds"] >= 1, vh
-        assert vh["kernel_offers_hash_report"] and vh["acked_hash_report"], vh
+        assert vh.started and vh.vhost_dev and vh.fds >= 1, vh
+        assert vh.kernel_offers_hash_report and vh.acked_hash_report, vh
     else:
-        assert not vh["started"] and vh["fds"] == 0, vh
-    assert res.info["delivery"]["tap_tx_dropped"] == 0
+        assert not vh.started and vh.fds == 0, vh
+    assert res.delivery.tap_tx_dropped == 0
 
 
 def per_type(res) -> dict[str, int]:
@@ -83,15 +83,15 @@ async def test_patched_vhost_whole_corpus(tmp_path):
     assert sc.datapath.vhost and sc.datapath.qemu == "patched"
     res = await run(sc, tmp_path)
     assert_clean(res, vhost=True)
-    g, q = res.info["guest"]["features"], res.info["qemu"]["features"]
-    assert g["RSS"] and g["HASH_REPORT"] and q["guest-features"]["HASH_REPORT"]
+    g, q = res.guest.features, res.negotiation
+    assert g["RSS"] and g["HASH_REPORT"] and q.negotiated["HASH_REPORT"]
     # every type the Linux guest can enable was exercised, on both queues
     for rep in ("NONE", "IPv4", "TCPv4", "UDPv4", "IPv6", "TCPv6", "UDPv6"):
         assert per_type(res)[rep] > 0, rep
     assert all(v["observed"] > 0 for v in res.comparison.queues.values())
     assert len(res.comparison.queues) == 2
     # the warning QEMU prints when it cannot report hashes through eBPF must not appear
-    assert not [w for w in res.info["qemu_warnings"] if "hash reporting" in w]
+    assert not [w for w in res.qemu_warnings if "hash reporting" in w]
 
 
 async def test_patched_without_vhost(tmp_path):
@@ -121,10 +121,10 @@ async def test_patched_vhost_weights_subsets_and_reconfiguration(tmp_path):
     }, "lab-e2e-reconfigure")
     res = await run(sc, tmp_path)
     assert_clean(res, vhost=True)
-    steps = res.info["reconfigure"]
-    assert [s["batch"] for s in steps] == [1, 2]
-    assert all(s["filler_sent"] > 0 for s in steps), steps
-    assert steps[0]["device_types"] == rss.hash_type_names(
+    steps = res.reconfigure
+    assert [s.batch for s in steps] == [1, 2]
+    assert all(s.filler_sent > 0 for s in steps), steps
+    assert steps[0].device_types == rss.hash_type_names(
         rss.LINUX_GUEST_TYPES & ~(rss.HashType.TCPv4 | rss.HashType.UDPv6))
     # queue 2 has weight 0 in batch 0; in batch 2 only queues 0 and 1 are in the table
     by_batch = {b: {v.observed["queue"] for v in res.comparison.verdicts if v.batch == b}
@@ -139,8 +139,8 @@ async def test_hash_report_without_rss(tmp_path):
     sc.corpus.slices = ["ipv4-tcp", "ipv6-udp", "ipv6-ext", "non-ip"]
     res = await run(sc, tmp_path)
     assert_clean(res, vhost=True)
-    assert not res.info["guest"]["features"]["RSS"]
-    assert res.info["oracle"]["queues"] == "hash"
+    assert not res.guest.features["RSS"]
+    assert res.oracle.queues == "hash"
     assert res.comparison.check_hash and per_type(res)["TCPv4"] > 0
 
 
@@ -155,12 +155,12 @@ async def test_mismatched_pairing_stock_qemu_patched_vhost(tmp_path):
     res = await run(sc, tmp_path)
     failed = [(n, f) for n, f in res.checks if f is not None]
     assert not failed, failed
-    assert res.info["datapath"]["qemu"] == "stock"
-    assert res.info["guest"]["features"]["RSS"]
-    assert not res.info["guest"]["features"]["HASH_REPORT"]
-    assert not res.info["vhost"]["kernel_offers_hash_report"]
-    assert not res.info["vhost"]["acked_hash_report"] and res.info["vhost"]["started"]
-    assert res.info["oracle"]["queues"] == "table"  # RSS: every queue judged by the table
+    assert res.datapath.qemu == "stock"
+    assert res.guest.features["RSS"]
+    assert not res.guest.features["HASH_REPORT"]
+    assert not res.vhost.kernel_offers_hash_report
+    assert not res.vhost.acked_hash_report and res.vhost.started
+    assert res.oracle.queues == "table"  # RSS: every queue judged by the table
     cmp = res.comparison
     assert cmp.ok and not cmp.check_hash
     assert all(v.observed for v in cmp.verdicts)
@@ -177,7 +177,7 @@ async def test_load_phase_judges_every_record(tmp_path):
     res = await run(sc, tmp_path)
     failed = [(n, f) for n, f in res.checks if f is not None]
     assert not failed, failed
-    ld = res.info["load"]
+    ld = res.load
     t, r = ld["totals"], ld["rounds"][0]
     assert t["offered"] == 1200 and t["unknown"] == 0 and t["wrong"] == 0
     # every frame is accounted for: received, or dropped by the tap

@@ -128,18 +128,19 @@ async def test_agent_timeout_is_guest_hang_and_cleanup_kills(image, tmp_path, mo
 
 
 async def test_boot_retries_keep_each_failed_attempt(image, tmp_path, monkeypatch):
-    """orchestrator.boot: a boot that hangs is retried; every failure is kept and listed,
-    and the last one is raised; a boot that works after a failure is used."""
-    from hashlab.run.orchestrator import boot
+    """steps.boot_machine: a boot that hangs is retried; every failure is kept and
+    listed, and the last one is raised; a boot that works after a failure is used."""
+    from hashlab.run.steps import boot_machine
 
     monkeypatch.setattr("hashlab.host.machine.load_factor", lambda: 1.0)
-    info: dict = {}
+    failures: list = []
     msgs: list[str] = []
     with pytest.raises(GuestHang):
-        async with boot(cfg(image, tmp_path, boot_timeout=0.5), 2, msgs.append, info):
+        async with boot_machine(cfg(image, tmp_path, boot_timeout=0.5), 2, msgs.append,
+                                failures):
             pass
-    assert [f["attempt"] for f in info["boot_failures"]] == [1]
-    assert Path(info["boot_failures"][0]["log"]).name == "vm.attempt1.log"
+    assert [f.attempt for f in failures] == [1]
+    assert Path(failures[0].log).name == "vm.attempt1.log"
     assert (tmp_path / "vm.attempt1.log").exists() and (tmp_path / "vm.log").exists()
     assert "retrying" in msgs[0]
 
@@ -154,8 +155,8 @@ async def test_boot_retries_keep_each_failed_attempt(image, tmp_path, monkeypatc
         return await real_start(self)
 
     monkeypatch.setattr(Machine, "start", flaky_start)
-    info = {}
-    async with boot(cfg(image, tmp_path), 3, msgs.append, info) as vm:
+    failures = []
+    async with boot_machine(cfg(image, tmp_path), 3, msgs.append, failures) as vm:
         assert (await vm.agent("ping")).rc == 0
-    assert len(calls) == 2 and len(info["boot_failures"]) == 1
+    assert len(calls) == 2 and len(failures) == 1
     assert vm.proc.returncode == 0

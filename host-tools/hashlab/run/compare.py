@@ -187,44 +187,41 @@ def judge(cmp: report.Comparison) -> dict:
 
 
 def spec_comparison(res) -> report.Comparison:
-    """The run's observations judged against the spec (orchestrator.RunResult)."""
+    """The run's observations judged against the spec (hashlab.run.result.RunResult)."""
     parts = []
     for b in res.batches:
         o = b.oracle
         spec = rss.RssConfig(key=o.key, hash_types=o.hash_types, table=o.table,
                              unclassified_queue=o.unclassified_queue, behaviour="spec")
-        qm = "table" if res.info.get("guest", {}).get("features", {}).get("RSS") else b.queue_model
+        rss_on = res.guest is not None and res.guest.features.get("RSS")
+        qm = "table" if rss_on else b.queue_model
         parts.append((b.sent(oracle=spec, queue_model=qm), b.observed, b.hash_report))
     return report.compare_batches(parts)
 
 
 def row_result_from_run(row: Row, res, seconds: float) -> RowResult:
-    info = res.info
-    dp = info.get("datapath", {})
-    q = info.get("qemu", {}).get("features", {})
-    vh = info.get("vhost", {})
+    """ROW's result from its run (hashlab.run.result.RunResult)."""
+    dp, q, vh, oracle = res.datapath, res.negotiation, res.vhost, res.oracle
     spec = spec_comparison(res) if res.batches else None
     return RowResult(
         id=row.id, datapath=row.datapath, status=RAN, design=row.design,
-        qemu=f"{dp.get('qemu', row.qemu)} {dp.get('qemu_version', '?')}",
-        kernel=f"{'lab' if dp.get('where') == 'lab' else 'host'} "
-               f"{dp.get('host_kernel', '?')} "
-               f"({'series' if dp.get('kernel_has_series') else 'no series'})",
-        where=dp.get("where", row.where), vhost=row.vhost, model=row.model,
-        hash_report_offered=q.get("host-features", {}).get("HASH_REPORT"),
-        hash_report_negotiated=q.get("guest-features", {}).get("HASH_REPORT"),
-        rss_negotiated=q.get("guest-features", {}).get("RSS"),
-        vhost_running=bool(vh.get("started") and vh.get("vhost_dev") and vh.get("fds")),
+        qemu=f"{dp.qemu} {dp.qemu_version}",
+        kernel=f"{'lab' if dp.where == 'lab' else 'host'} {dp.host_kernel} "
+               f"({'series' if dp.kernel_has_series else 'no series'})",
+        where=dp.where, vhost=row.vhost, model=row.model,
+        hash_report_offered=q.offered.get("HASH_REPORT"),
+        hash_report_negotiated=q.negotiated.get("HASH_REPORT"),
+        rss_negotiated=q.negotiated.get("RSS"),
+        vhost_running=vh.running,
         spec=judge(spec) if spec else {},
         own={**(judge(res.comparison) if res.comparison else {}),
-             "behaviour": info.get("oracle", {}).get("behaviour"),
-             "hashes": info.get("oracle", {}).get("hashes"),
-             "queue_model": info.get("oracle", {}).get("queues")},
+             "behaviour": oracle.behaviour, "hashes": oracle.hashes,
+             "queue_model": oracle.queues},
         ok=res.ok, seconds=round(seconds, 1), results_dir=str(res.out_dir),
-        qemu_warnings=info.get("qemu_warnings", []),
+        qemu_warnings=res.qemu_warnings or [],
         checks=[{"name": n, "ok": f is None, "failure": f} for n, f in res.checks],
-        retries=[f"boot attempt {b['attempt']}: {b['error']}" for b in info.get("boot_failures", [])]
-        + [f"run {b['attempt']}: {b['error']}" for b in info.get("retried_after", [])])
+        retries=[f"boot attempt {b.attempt}: {b.error}" for b in res.boot_failures or []]
+        + [f"run {b.attempt}: {b.error}" for b in res.retried_after])
 
 
 # --------------------------------------------------------------------------- scenarios
