@@ -195,16 +195,13 @@ class Machine(QemuProcess):
         except MachineError:
             raise
         except Exception as e:  # ConnectError and friends
-            await self._reap(2)
+            await self.wait_async(2)
             raise self._err(QemuStartError, f"QMP connect failed: {e!r}") from e
         self._tasks.append(asyncio.create_task(self._qmp_events(), name="qmp-events"))
         await self._race(self._ready.wait(), self.scaled(c.boot_timeout), "agent ready",
                          on_exit=QemuStartError,
                          stall=self.scaled(c.boot_stall_timeout) if c.boot_stall_timeout else None)
         self.note(f"guest ready: {self.ready_info}")
-
-    async def _reap(self, timeout: float) -> None:
-        await self.wait_async(timeout)
 
     async def _stalled(self, quiet_for: float) -> None:
         """Return once the console has been quiet for QUIET_FOR seconds."""
@@ -369,7 +366,7 @@ class Machine(QemuProcess):
                 with contextlib.suppress(Exception):
                     self._agent_w.write(f"{self._next_id} poweroff\n".encode())
                     await self._agent_w.drain()
-                await self._reap(self.scaled(self.cfg.shutdown_timeout))
+                await self.wait_async(self.scaled(self.cfg.shutdown_timeout))
             qmp_up = self.qmp is not None and self.qmp.runstate.name == "RUNNING"
             await self.stop_async((lambda: self.qmp.execute("quit")) if qmp_up else None)
         finally:

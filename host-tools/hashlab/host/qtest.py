@@ -394,6 +394,7 @@ class QtestMachine(QemuProcess):
             raise self._err(QtestError, "QtestMachine is synchronous: not in a running event loop")
         self._qmp = QEMUMonitorProtocol(sock, nickname=self.name)
         self._qmp.settimeout(self.timeout)
+        # Its client logs as qemu.qmp.qmp_client.<nickname>; its teardown chatter is not ours.
         logging.getLogger(f"qemu.qmp.qmp_client.{self.name}").setLevel(logging.CRITICAL)
         try:
             self._qmp.connect()
