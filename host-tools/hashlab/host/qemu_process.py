@@ -22,7 +22,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 
 from ..errors import Exit, HashlabError
@@ -210,33 +210,32 @@ class QemuProcess:
 
     # ---- shutdown
 
+    def _shutdown(self, can_quit: bool) -> Iterator[tuple[bool, float]]:
+        """The shutdown steps still needed, each noted in the log and its signal sent:
+        (whether it is QMP ``quit``, for the caller to send; how long to wait after it)."""
+        for step, sig, idle in SHUTDOWN_STEPS:
+            if not self.running or (sig is None and not can_quit):
+                continue
+            self.note(f"shutdown: {step}")
+            if sig is not None:
+                self._signal(sig)
+            yield sig is None, self.scaled(idle)
+
     def stop(self, quit: Callable[[float], object] | None = None) -> None:
         """End QEMU: QUIT(timeout) (QMP ``quit``; skipped when None), then SIGTERM, then
         SIGKILL, each step only if QEMU is still there, each followed by a wait."""
-        for step, sig, idle in SHUTDOWN_STEPS:
-            if not self.running or (sig is None and quit is None):
-                continue
-            self.note(f"shutdown: {step}")
-            timeout = self.scaled(idle)
-            if sig is None:
-                with contextlib.suppress(Exception):  # gone, or not answering: escalate
+        for is_quit, timeout in self._shutdown(quit is not None):
+            if is_quit:
+                with contextlib.suppress(Exception):  # gone, or not answering: go on
                     quit(timeout)
-            else:
-                self._signal(sig)
             self.wait(timeout)
 
     async def stop_async(self, quit: Callable[[], Awaitable[object]] | None = None) -> None:
         """``stop`` in an event loop: QUIT is a coroutine function, waits do not block."""
-        for step, sig, idle in SHUTDOWN_STEPS:
-            if not self.running or (sig is None and quit is None):
-                continue
-            self.note(f"shutdown: {step}")
-            timeout = self.scaled(idle)
-            if sig is None:
+        for is_quit, timeout in self._shutdown(quit is not None):
+            if is_quit:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(quit(), timeout)
-            else:
-                self._signal(sig)
             await self.wait_async(timeout)
 
     def release(self) -> None:
