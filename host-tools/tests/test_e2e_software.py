@@ -189,7 +189,7 @@ async def test_boot_retry_gets_a_fresh_tap(tmp_path, private_tmp, monkeypatch):
 
     monkeypatch.setattr(Machine, "start", flaky_start)
     monkeypatch.setattr(Tap, "recreate", recreate)
-    monkeypatch.setattr("hashlab.host.machine.load_factor", lambda: 1.0)
+    monkeypatch.setattr("hashlab.host.qemu_process.load_factor", lambda: 1.0)
     doc = {"name": "retry", "guest": {"queues": 4},
            "datapath": {"queues": 4, "behaviour": "qemu-software"},
            "corpus": {"slices": ["ipv4-udp"]}, "expect": {"rss_negotiated": True}}

@@ -93,7 +93,7 @@ async def test_missing_qemu_binary_is_start_error(image, tmp_path):
 
 
 async def test_boot_timeout_is_guest_hang(image, tmp_path, monkeypatch):
-    monkeypatch.setattr("hashlab.host.machine.load_factor", lambda: 1.0)
+    monkeypatch.setattr("hashlab.host.qemu_process.load_factor", lambda: 1.0)
     m = Machine(cfg(image, tmp_path, boot_timeout=0.5))
     with pytest.raises(GuestHang) as ei:
         async with m:
@@ -105,7 +105,7 @@ async def test_boot_timeout_is_guest_hang(image, tmp_path, monkeypatch):
 async def test_stalled_boot_is_guest_hang_long_before_the_boot_timeout(image, tmp_path,
                                                                         monkeypatch):
     # -S: QEMU starts with the vCPUs stopped, so the console never says a word.
-    monkeypatch.setattr("hashlab.host.machine.load_factor", lambda: 1.0)
+    monkeypatch.setattr("hashlab.host.qemu_process.load_factor", lambda: 1.0)
     m = Machine(cfg(image, tmp_path, boot_timeout=120, boot_stall_timeout=2,
                     extra_args=["-S"]))
     with pytest.raises(GuestHang, match="stalled, console quiet") as ei:
@@ -118,7 +118,7 @@ async def test_stalled_boot_is_guest_hang_long_before_the_boot_timeout(image, tm
 async def test_agent_timeout_is_guest_hang_and_cleanup_kills(image, tmp_path, monkeypatch):
     async with Machine(cfg(image, tmp_path)) as vm:
         pid = vm.proc.pid
-        monkeypatch.setattr("hashlab.host.machine.load_factor", lambda: 1.0)
+        monkeypatch.setattr("hashlab.host.qemu_process.load_factor", lambda: 1.0)
         with pytest.raises(GuestHang, match="agent reply"):
             await vm.agent("sh", "sleep 30", timeout=1)
         # QEMU stopped: the guest cannot answer at all; close() must still end it.
@@ -132,7 +132,7 @@ async def test_boot_retries_keep_each_failed_attempt(image, tmp_path, monkeypatc
     listed, and the last one is raised; a boot that works after a failure is used."""
     from hashlab.run.steps import boot_machine
 
-    monkeypatch.setattr("hashlab.host.machine.load_factor", lambda: 1.0)
+    monkeypatch.setattr("hashlab.host.qemu_process.load_factor", lambda: 1.0)
     failures: list = []
     msgs: list[str] = []
     with pytest.raises(GuestHang):

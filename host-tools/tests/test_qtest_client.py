@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -81,6 +83,8 @@ def test_qtest_qemu_death_is_reported(tmp_path):
         qt.proc.wait()
         with pytest.raises(QtestExited):
             qt.readb(0)
+        with pytest.raises(QtestExited):  # and over QMP
+            qt.qmp("query-status")
 
 
 def test_qtest_bad_command_fails_cleanly(tmp_path):
@@ -88,6 +92,50 @@ def test_qtest_bad_command_fails_cleanly(tmp_path):
         with pytest.raises(QtestError, match="Unknown command"):
             qt.command("no_such_command 1")
         assert qt.readb(0x100000) == 0  # still usable
+
+
+def test_qtest_qmp_events_errors_and_ids(tmp_path):
+    """QMP over qemu.qmp: events land in qmp_events in order, a failed command names itself
+    and the next one still works."""
+    with QtestMachine(qemu_binary=QEMU, log_dir=tmp_path) as qt:
+        qt.qmp("stop")
+        assert qt.qmp("query-status")["running"] is False
+        qt.qmp("cont")
+        names = [e["event"] for e in qt.qmp_events]
+        assert names.index("STOP") < names.index("RESUME"), names
+        with pytest.raises(QtestError, match="QMP no-such-command failed: .*has not been found"):
+            qt.qmp("no-such-command")
+        assert qt.qmp("query-status")["running"] is True
+        assert qt.qmp("query-name") == {}  # no -name given
+
+
+def test_qtest_stopped_qemu_is_killed_and_its_log_kept(tmp_path, monkeypatch):
+    """A QEMU that cannot answer ``quit`` (SIGSTOPped) gets SIGTERM (pending while it is
+    stopped), then SIGKILL; the log says so and stays."""
+    monkeypatch.setattr("hashlab.host.qemu_process.load_factor", lambda: 0.2)
+    with QtestMachine(qemu_binary=QEMU, log_dir=tmp_path) as qt:
+        pid = qt.proc.pid
+        os.kill(pid, signal.SIGSTOP)
+    assert qt.proc.returncode == -signal.SIGKILL
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    log = qt.log_path.read_text()
+    steps = [ln.split("shutdown: ")[1] for ln in log.splitlines() if "] shutdown: " in ln]
+    assert steps == ["QMP quit", "SIGTERM", "SIGKILL"], log
+    assert f"QEMU exit status {-signal.SIGKILL}" in log
+
+
+def test_qtest_own_log_dir_removed_after_a_clean_run_kept_after_a_failure():
+    with QtestMachine(qemu_binary=QEMU) as qt:
+        qt.readb(0)
+    assert not qt.log_dir.exists()
+    qt = QtestMachine(["-device", "no-such-device"], qemu_binary=QEMU)
+    with pytest.raises(QtestStartError):
+        qt.start()
+    try:
+        assert "no-such-device" in qt.log_path.read_text()
+    finally:
+        shutil.rmtree(qt.log_dir)
 
 
 def test_qtest_pci_enumeration_and_bars(tmp_path):

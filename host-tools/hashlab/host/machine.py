@@ -8,12 +8,14 @@ sockets on disk, nothing to clean up):
   stderr go to the same file), watching it for panics and for boot progress;
 * the guest agent's virtio-serial port ``hashlab.0`` (protocol: guest-tests/agent).
 
-Failures are told apart and each carries the QEMU command line and the kept log path:
+The process, its log, the errors' context and the last steps of the shutdown are
+:class:`~hashlab.host.qemu_process.QemuProcess`'s.  Failures are told apart and each
+carries the QEMU command line and the kept log path:
 ``QemuStartError`` (QEMU did not come up / exited before the guest was ready),
 ``GuestPanic`` (panic text on the console or QMP ``GUEST_PANICKED`` from pvpanic),
 ``GuestHang`` (no answer within a timeout scaled by the machine's load) and
 ``QemuExited`` (QEMU went away later).  Shutdown is graceful first (agent ``poweroff``),
-then QMP ``quit``, then SIGKILL.
+then QMP ``quit``, then SIGTERM, then SIGKILL.
 """
 
 from __future__ import annotations
@@ -23,8 +25,6 @@ import contextlib
 import json
 import logging
 import os
-import shlex
-import signal
 import socket
 import time
 from dataclasses import dataclass, field
@@ -35,27 +35,17 @@ from qemu.qmp import QMPClient
 
 from ..errors import Exit, HashlabError
 from ..paths import results_root
-from .qemu_process import HOST_QEMU, PANIC_BYTES_RE, load_factor
+from .qemu_process import HOST_QEMU, QemuError, QemuProcess, panic_line
 
 log = logging.getLogger(__name__)
 
 AGENT_PORT = "hashlab.0"
 
 
-class MachineError(HashlabError):
+class MachineError(QemuError):
     """A VM failure; names the QEMU command line and the (kept) log."""
 
-    exit_status = Exit.VM_DIED
     what = "failed"
-
-    def __init__(self, detail: str, cmdline: list[str], log_path: Path, tail: str = ""):
-        self.detail = detail
-        self.cmdline = cmdline
-        self.log_path = log_path
-        msg = f"VM {self.what}: {detail}; log: {log_path}\n  qemu: {shlex.join(cmdline)}"
-        if tail:
-            msg += "\n  last log lines:\n" + "\n".join("    " + ln for ln in tail.splitlines())
-        super().__init__(msg)
 
 
 class QemuStartError(MachineError):
@@ -121,24 +111,22 @@ class MachineConfig:
     pvpanic: bool = True
 
 
-class Machine:
+class Machine(QemuProcess):
     """``async with Machine(cfg) as vm: await vm.agent("info")``."""
+
+    start_error = QemuStartError
 
     def __init__(self, cfg: MachineConfig):
         self.cfg = cfg
         if cfg.log_path is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             cfg.log_path = results_root() / "vm-logs" / f"{cfg.name}-{stamp}-{os.getpid()}.log"
-        self.log_path = Path(cfg.log_path)
-        self.cmdline: list[str] = []
-        self.proc: asyncio.subprocess.Process | None = None
+        super().__init__(Path(cfg.log_path))
         self.qmp: QMPClient | None = None
         self.ready_info: dict = {}
         self.events: list[dict] = []
         self.console_tail = b""
         self.last_progress = 0.0
-        self._log_fd = -1
-        self._socks: list[socket.socket] = []
         self._tasks: list[asyncio.Task] = []
         self._panicked = asyncio.Event()
         self._panic_reason = ""
@@ -162,27 +150,9 @@ class Machine:
         await self.close(graceful=et is None)
 
     # ------------------------------------------------------------------ helpers
-    def _timeout(self, base: float) -> float:
-        return base * load_factor()
-
-    def _log(self, text: str) -> None:
-        if self._log_fd >= 0:
-            os.write(self._log_fd, f"[hashlab {time.strftime('%H:%M:%S')}] {text}\n".encode())
-
-    def tail(self, n: int = 15) -> str:
-        try:
-            data = self.log_path.read_bytes()[-16384:]
-        except OSError:
-            return ""
-        lines = data.decode(errors="replace").splitlines()
-        return "\n".join(lines[-n:])
-
-    def _err(self, cls, detail: str) -> MachineError:
-        return cls(detail, self.cmdline, self.log_path, self.tail())
-
     @property
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None
+        return self.running
 
     def build_cmdline(self, qmp_fd: int, con_fd: int, agent_fd: int) -> list[str]:
         c = self.cfg
@@ -206,24 +176,11 @@ class Machine:
     # ------------------------------------------------------------------ start
     async def start(self) -> None:
         c = self.cfg
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o644)
-        pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(3)]
-        (qmp_ours, qmp_theirs), (con_ours, con_theirs), (ag_ours, ag_theirs) = pairs
-        self._socks = [qmp_ours, con_ours, ag_ours]
-        theirs = [qmp_theirs, con_theirs, ag_theirs]
-        self.cmdline = self.build_cmdline(*(s.fileno() for s in theirs))
-        self._log(f"starting: {shlex.join(self.cmdline)}")
-        try:
-            self.proc = await asyncio.create_subprocess_exec(
-                *self.cmdline, stdin=asyncio.subprocess.DEVNULL, stdout=self._log_fd,
-                stderr=self._log_fd, pass_fds=[s.fileno() for s in theirs] + list(c.pass_fds),
-                start_new_session=True)
-        except OSError as e:
-            raise self._err(QemuStartError, f"cannot execute {c.qemu}: {e}") from e
-        finally:
-            for s in theirs:
-                s.close()
+        self.open_log(truncate=True)
+        qmp_ours, qmp_fd = self.socketpair()
+        con_ours, con_fd = self.socketpair()
+        ag_ours, ag_fd = self.socketpair()
+        self.spawn(self.build_cmdline(qmp_fd, con_fd, ag_fd), c.pass_fds)
         self.last_progress = time.monotonic()
         self._tasks.append(asyncio.create_task(self._console_reader(con_ours), name="console"))
         ar, aw = await asyncio.open_connection(sock=ag_ours)
@@ -233,23 +190,18 @@ class Machine:
         self.qmp = QMPClient(c.name)
         self.qmp.logger.setLevel(logging.CRITICAL)  # its teardown chatter is not ours
         try:
-            await self._race(self.qmp.connect(qmp_ours), self._timeout(30), "QMP greeting",
+            await self._race(self.qmp.connect(qmp_ours), self.scaled(30), "QMP greeting",
                              on_exit=QemuStartError, on_timeout=QemuStartError)
         except MachineError:
             raise
         except Exception as e:  # ConnectError and friends
-            await self._reap(2)
+            await self.wait_async(2)
             raise self._err(QemuStartError, f"QMP connect failed: {e!r}") from e
         self._tasks.append(asyncio.create_task(self._qmp_events(), name="qmp-events"))
-        await self._race(self._ready.wait(), self._timeout(c.boot_timeout), "agent ready",
+        await self._race(self._ready.wait(), self.scaled(c.boot_timeout), "agent ready",
                          on_exit=QemuStartError,
-                         stall=self._timeout(c.boot_stall_timeout) if c.boot_stall_timeout else None)
-        self._log(f"guest ready: {self.ready_info}")
-
-    async def _reap(self, timeout: float) -> None:
-        if self.proc:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.proc.wait(), timeout)
+                         stall=self.scaled(c.boot_stall_timeout) if c.boot_stall_timeout else None)
+        self.note(f"guest ready: {self.ready_info}")
 
     async def _stalled(self, quiet_for: float) -> None:
         """Return once the console has been quiet for QUIET_FOR seconds."""
@@ -261,7 +213,7 @@ class Machine:
         """Await CORO unless the guest panics, QEMU exits, TIMEOUT passes or (with STALL)
         the console stays quiet for STALL seconds first."""
         main = asyncio.ensure_future(coro)
-        exit_t = asyncio.ensure_future(self.proc.wait())
+        exit_t = asyncio.ensure_future(self.exited())
         panic_t = asyncio.ensure_future(self._panicked.wait())
         watchers = [exit_t, panic_t]
         if stall:
@@ -282,7 +234,7 @@ class Machine:
             raise self._err(GuestPanic, f"{self._panic_reason} (while waiting for {what})")
         if exit_t in done:
             await asyncio.sleep(0.2)  # drain the console
-            if self._panicked.is_set() or PANIC_BYTES_RE.search(self.console_tail):
+            if self._panicked.is_set() or panic_line(self.console_tail):
                 raise self._err(GuestPanic, f"panic on the console, QEMU exited "
                                             f"(status {self.proc.returncode})")
             raise self._err(on_exit, f"QEMU exited with status {self.proc.returncode} "
@@ -292,7 +244,7 @@ class Machine:
             raise self._err(on_timeout, f"no {what}: stalled, console quiet for {quiet:.0f}s "
                                         f"(limit {stall:.0f}s)")
         raise self._err(on_timeout, f"no {what} within {timeout:.0f}s "
-                                    f"(load factor {load_factor():.1f}; console quiet for {quiet:.0f}s)")
+                                    f"(load factor {self.scaled(1.0):.1f}; console quiet for {quiet:.0f}s)")
 
     # ------------------------------------------------------------------ readers
     async def _console_reader(self, sock: socket.socket) -> None:
@@ -302,15 +254,12 @@ class Machine:
                 data = await r.read(4096)
                 if not data:
                     break
-                os.write(self._log_fd, data)
+                self.write_log(data)
                 self.last_progress = time.monotonic()
                 self.console_tail = (self.console_tail + data)[-65536:]
-                if not self._panicked.is_set():
-                    m = PANIC_BYTES_RE.search(self.console_tail)
-                    if m:
-                        line = self.console_tail[m.start():].split(b"\n", 1)[0]
-                        self._panic_reason = "console: " + line.decode(errors="replace").strip()
-                        self._panicked.set()
+                if not self._panicked.is_set() and (line := panic_line(self.console_tail)):
+                    self._panic_reason = "console: " + line
+                    self._panicked.set()
         except (ConnectionError, OSError):
             pass
         finally:
@@ -326,7 +275,7 @@ class Machine:
                 try:
                     msg = json.loads(line)
                 except ValueError:
-                    self._log(f"agent: unparsable line {line[:200]!r}")
+                    self.note(f"agent: unparsable line {line[:200]!r}")
                     continue
                 if msg.get("event") == "ready":
                     self.ready_info = msg
@@ -334,7 +283,7 @@ class Machine:
                 elif "id" in msg:
                     await self._agent_q.put(msg)
                 else:
-                    self._log(f"agent event: {msg}")
+                    self.note(f"agent event: {msg}")
         except (ConnectionError, OSError, ValueError):
             pass
 
@@ -349,7 +298,7 @@ class Machine:
     # ------------------------------------------------------------------ API
     async def qmp_cmd(self, cmd: str, **args) -> Any:
         return await self._race(self.qmp.execute(cmd, args or None),
-                                self._timeout(self.cfg.command_timeout), f"QMP {cmd}")
+                                self.scaled(self.cfg.command_timeout), f"QMP {cmd}")
 
     async def agent(self, verb: str, *args: str, timeout: float | None = None,
                     check: bool = True) -> AgentReply:
@@ -368,7 +317,7 @@ class Machine:
                 while True:
                     msg = await self._agent_q.get()
                     if msg.get("id") != cid:
-                        self._log(f"agent: stray reply {msg}")
+                        self.note(f"agent: stray reply {msg}")
                         continue
                     if msg.get("end"):
                         reply.rc = msg.get("rc", -1)
@@ -376,7 +325,7 @@ class Machine:
                         return reply
                     reply.lines.append(msg)
 
-            await self._race(collect(), self._timeout(timeout or self.cfg.command_timeout),
+            await self._race(collect(), self.scaled(timeout or self.cfg.command_timeout),
                              f"agent reply to {verb!r}")
         if check and reply.rc != 0:
             raise AgentError(f"guest command `{verb} {' '.join(args)}` failed "
@@ -392,8 +341,8 @@ class Machine:
 
     async def _race_exit(self, timeout: float) -> int:
         panic_t = asyncio.ensure_future(self._panicked.wait())
-        exit_t = asyncio.ensure_future(self.proc.wait())
-        done, _ = await asyncio.wait({panic_t, exit_t}, timeout=self._timeout(timeout),
+        exit_t = asyncio.ensure_future(self.exited())
+        done, _ = await asyncio.wait({panic_t, exit_t}, timeout=self.scaled(timeout),
                                      return_when=asyncio.FIRST_COMPLETED)
         panic_t.cancel()
         exit_t.cancel()
@@ -406,27 +355,20 @@ class Machine:
 
     # ------------------------------------------------------------------ shutdown
     async def close(self, graceful: bool = True) -> None:
-        """Stop QEMU (agent poweroff, QMP quit, SIGKILL) and release everything."""
+        """Stop QEMU (agent poweroff, then the base's QMP quit, SIGTERM, SIGKILL) and release
+        everything."""
         if self._closed:
             return
         self._closed = True
         try:
             if self.alive and graceful and self._ready.is_set() and not self._panicked.is_set():
-                self._log("shutdown: agent poweroff")
+                self.note("shutdown: agent poweroff")
                 with contextlib.suppress(Exception):
                     self._agent_w.write(f"{self._next_id} poweroff\n".encode())
                     await self._agent_w.drain()
-                await self._reap(self._timeout(self.cfg.shutdown_timeout))
-            if self.alive and self.qmp is not None and self.qmp.runstate.name == "RUNNING":
-                self._log("shutdown: QMP quit")
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self.qmp.execute("quit"), 5)
-                await self._reap(10)
-            if self.alive:
-                self._log("shutdown: SIGKILL")
-                with contextlib.suppress(ProcessLookupError):
-                    self.proc.send_signal(signal.SIGKILL)
-                await self._reap(10)
+                await self.wait_async(self.scaled(self.cfg.shutdown_timeout))
+            qmp_up = self.qmp is not None and self.qmp.runstate.name == "RUNNING"
+            await self.stop_async((lambda: self.qmp.execute("quit")) if qmp_up else None)
         finally:
             if self.qmp is not None:
                 with contextlib.suppress(Exception):
@@ -438,10 +380,4 @@ class Machine:
                     await t
             if self._agent_w is not None:
                 self._agent_w.close()
-            for s in self._socks:
-                s.close()
-            if self.proc is not None:
-                self._log(f"QEMU exit status {self.proc.returncode}")
-            if self._log_fd >= 0:
-                os.close(self._log_fd)
-                self._log_fd = -1
+            self.release()

@@ -7,7 +7,11 @@ QEMU with two socketpairs handed over as inherited fds (nothing on disk to clean
 
 * the qtest chardev (``-chardev socket,fd=N,id=hlqtest -qtest chardev:hlqtest``);
 * QMP (``-chardev socket,fd=M,id=hlqmp -mon chardev=hlqmp,mode=control``), spoken
-  synchronously by :meth:`QtestMachine.qmp` (for queries; the test driver does not need it).
+  synchronously by :meth:`QtestMachine.qmp` with ``qemu.qmp``'s legacy client (for
+  queries; the test driver does not need it); events land in ``qmp_events``.
+
+The qtest protocol itself (line based: a command, ``OK ...`` or ``FAIL ...``, and ``IRQ``
+notices in between) is spoken here, by hand.
 
 Accelerator: ``-accel qtest`` when the binary has it (upstream builds, the lab's patched
 QEMU).  Debian's packages do not ship the ``accel-qtest`` module, so there (``accel="auto"``
@@ -18,8 +22,9 @@ off and never touches a device, the VM is "running" (so devices receive), and th
 chardev works the same.  Only ``clock_step``/``clock_set`` need the qtest accelerator
 (under TCG the virtual clock runs by itself).
 
-QEMU's stdout and stderr go to a log file whose path every error names.  The machine is
-a context manager; leaving it always kills QEMU (``quit`` over QMP, then SIGKILL).
+The process, its log (QEMU's stdout and stderr; every error names it) and the shutdown
+are :class:`~hashlab.host.qemu_process.QemuProcess`'s.  The machine is a context manager;
+leaving it always ends QEMU (``quit`` over QMP, then SIGTERM, then SIGKILL).
 
 Example::
 
@@ -30,21 +35,22 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import json
+import contextlib
+import logging
 import os
-import shlex
 import shutil
-import signal
 import socket
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from ..errors import Exit, HashlabError
-from .qemu_process import HOST_QEMU, die_with_parent, load_factor
+from qemu.qmp import ExecuteError, QMPError
+from qemu.qmp.legacy import QEMUMonitorProtocol
+
+from .qemu_process import HOST_QEMU, QemuError, QemuProcess
 
 __all__ = [
     "HOST_QEMU",
@@ -72,25 +78,8 @@ def has_qtest_accel(qemu_binary: str | os.PathLike = HOST_QEMU) -> bool:
     return _ACCEL_CACHE[key]
 
 
-class QtestError(HashlabError):
+class QtestError(QemuError):
     """A qtest failure; names the QEMU command line and its log."""
-
-    exit_status = Exit.VM_DIED
-
-    def __init__(self, detail: str, cmdline: Sequence[str] = (), log_path: Path | None = None,
-                 tail: str = ""):
-        self.detail = detail
-        self.cmdline = list(cmdline)
-        self.log_path = log_path
-        self.tail = tail
-        msg = detail
-        if log_path is not None:
-            msg += f" (QEMU log: {log_path})"
-        if self.cmdline:
-            msg += f"\n  command: {shlex.join(self.cmdline)}"
-        if tail:
-            msg += "\n  log tail:\n    " + "\n    ".join(tail.rstrip().splitlines())
-        super().__init__(msg)
 
 
 class QtestStartError(QtestError):
@@ -101,13 +90,16 @@ class QtestExited(QtestError):
     """QEMU went away while we were talking to it."""
 
 
-class QtestMachine:
+class QtestMachine(QemuProcess):
     """QEMU under ``-accel qtest``, driven over the qtest protocol.
 
     ``args`` are extra QEMU arguments (devices, netdevs).  ``pass_fds`` are fds the extra
     arguments refer to.  ``log_dir`` keeps the log (default: a fresh temporary
-    directory, left in place so that an error's log path stays valid).
+    directory, left in place so that an error's log path stays valid).  For synchronous
+    code: QMP here runs its own event loop, so not in a thread whose loop is running.
     """
+
+    start_error = QtestStartError
 
     def __init__(
         self,
@@ -128,30 +120,27 @@ class QtestMachine:
         self.memory = memory
         self.extra_args = list(args)
         self.pass_fds = tuple(pass_fds)
+        self.name = name
         # Our own temporary log directory is removed after a clean run and kept after a
         # failure (every error names the log in it).
         self._own_log_dir = log_dir is None
-        self._failed = False
         self.log_dir = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="hashlab-qtest-"))
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = self.log_dir / f"{name}.log"
+        super().__init__(self.log_dir / f"{name}.log")
         self.qtest_log_path = self.log_dir / f"{name}.qtest.log" if qtest_log else None
-        self.timeout = timeout * load_factor()
+        self.timeout = self.scaled(timeout)
         if accel not in ("auto", "qtest", "tcg"):
             raise ValueError(f"accel must be auto, qtest or tcg, not {accel!r}")
         self.requested_accel = accel
         if accel == "auto":
             accel = "tcg" if _ACCEL_CACHE.get(self.qemu_binary) is False else "qtest"
         self.accel = accel
-        self.cmdline: list[str] = []
-        self.proc: subprocess.Popen | None = None
         self._qt: socket.socket | None = None
-        self._qmp: socket.socket | None = None
+        self._qmp: QEMUMonitorProtocol | None = None
         self._qt_buf = b""
-        self._qmp_buf = b""
         self.irq_events: list[tuple[str, int]] = []  # ("raise"|"lower", line)
         self.irq_level: dict[int, bool] = {}
-        self.qmp_events: list[dict] = []
+        self._qmp_events: list[dict] = []
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -194,10 +183,10 @@ class QtestMachine:
             _ACCEL_CACHE[self.qemu_binary] = False
             self.accel = "tcg"
             self.proc = None
-            self._failed = False
-            self._qt_buf = self._qmp_buf = b""
-            with open(self.log_path, "ab") as log:
-                log.write(b"# no qtest accelerator in this QEMU: retrying under TCG\n")
+            self.failed = False
+            self._qt_buf = b""
+            self.open_log()
+            self.note("no qtest accelerator in this QEMU: retrying under TCG")
             self._start()
         if self.accel == "qtest":
             _ACCEL_CACHE[self.qemu_binary] = True
@@ -206,37 +195,22 @@ class QtestMachine:
     def _start(self) -> None:
         if self.proc is not None:
             raise QtestError("QEMU already started", self.cmdline, self.log_path)
-        qt_ours, qt_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        qmp_ours, qmp_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.cmdline = self.build_cmdline(qt_theirs.fileno(), qmp_theirs.fileno())
-        log = open(self.log_path, "ab")
-        log.write(f"# {shlex.join(self.cmdline)}\n".encode())
-        log.flush()
+        self.open_log()
+        self._qt, qt_fd = self.socketpair()
+        qmp_sock, qmp_fd = self.socketpair()
         try:
-            self.proc = subprocess.Popen(
-                self.cmdline,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                pass_fds=(qt_theirs.fileno(), qmp_theirs.fileno(), *self.pass_fds),
-                start_new_session=True,
-                preexec_fn=die_with_parent,
-            )
-        except OSError as e:
-            raise QtestStartError(f"cannot run QEMU: {e}", self.cmdline, self.log_path) from None
-        finally:
-            log.close()
-            qt_theirs.close()
-            qmp_theirs.close()
-        self._qt, self._qmp = qt_ours, qmp_ours
+            self.spawn(self.build_cmdline(qt_fd, qmp_fd), self.pass_fds)
+        except QtestStartError:
+            self.close()
+            raise
         try:
             # The qtest chardev answers once QEMU's main loop runs: a start check.
             if self.endianness() != "little":
-                raise QtestStartError("unexpected target endianness", self.cmdline, self.log_path)
-            self._qmp_handshake()
+                raise self._err(QtestStartError, "unexpected target endianness")
+            self._qmp_connect(qmp_sock)
         except QtestError as e:
-            self._failed = True
-            died = not self.alive()
+            self.failed = True
+            died = not self.running
             self.close()
             if isinstance(e, QtestStartError):
                 raise
@@ -251,74 +225,46 @@ class QtestMachine:
         self.close()
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def tail(self, n: int = 20) -> str:
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        return "\n".join(lines[-n:])
-
-    def _err(self, cls, detail: str) -> QtestError:
-        self._failed = True
-        return cls(detail, self.cmdline, self.log_path, self.tail())
+        return self.running
 
     def close(self) -> None:
-        """Stop QEMU (QMP ``quit``, then SIGKILL) and close the sockets.  Idempotent."""
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            try:
-                if self._qmp is not None:
-                    self._qmp.sendall(b'{"execute": "quit"}\n')
-                proc.wait(timeout=3)
-            except (OSError, subprocess.TimeoutExpired):
-                pass
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                proc.wait()
-        for s in (self._qt, self._qmp):
-            if s is not None:
-                s.close()
-        self._qt = self._qmp = None
-        if self._own_log_dir and not self._failed:
+        """Stop QEMU (QMP ``quit``, SIGTERM, SIGKILL) and close the sockets.  Idempotent."""
+        self.stop(self._quit if self._qmp is not None else None)
+        self._qmp_disconnect()
+        self._qt = None
+        self.release()
+        if self._own_log_dir and not self.failed:
             shutil.rmtree(self.log_dir, ignore_errors=True)
 
     # ------------------------------------------------------------------ protocol
 
-    def _readline(self, sock: socket.socket, buf_attr: str, timeout: float) -> bytes:
+    def _readline(self, timeout: float) -> bytes:
+        """One line from the qtest chardev (answers and ``IRQ`` notices)."""
+        sock = self._qt
         deadline = time.monotonic() + timeout
-        buf = getattr(self, buf_attr)
+        buf = self._qt_buf
         while b"\n" not in buf:
             left = deadline - time.monotonic()
             if left <= 0:
-                setattr(self, buf_attr, buf)
-                if not self.alive():
+                self._qt_buf = buf
+                if not self.running:
                     raise self._err(QtestExited, f"QEMU exited (status {self.proc.returncode})")
                 raise self._err(QtestError, f"no answer from QEMU within {timeout:.0f} s")
             sock.settimeout(min(left, 1.0))
             try:
                 chunk = sock.recv(1 << 20)
             except socket.timeout:
-                if not self.alive():
+                if not self.running:
                     raise self._err(QtestExited, f"QEMU exited (status {self.proc.returncode})") from None
                 continue
             except OSError as e:
                 raise self._err(QtestExited, f"lost the connection to QEMU: {e}") from None
             if not chunk:
-                if self.proc is not None:
-                    try:
-                        self.proc.wait(timeout=2)
-                    except subprocess.TimeoutExpired:
-                        pass
+                self.wait(2)
                 status = self.proc.returncode if self.proc else None
                 raise self._err(QtestExited, f"QEMU closed the connection (exit status {status})")
             buf += chunk
-        line, _, rest = buf.partition(b"\n")
-        setattr(self, buf_attr, rest)
+        line, _, self._qt_buf = buf.partition(b"\n")
         return line
 
     def command(self, line: str, timeout: float | None = None) -> str:
@@ -334,7 +280,7 @@ class QtestMachine:
         except OSError as e:
             raise self._err(QtestExited, f"cannot talk to QEMU: {e}") from None
         while True:
-            resp = self._readline(self._qt, "_qt_buf", timeout or self.timeout).decode(errors="replace")
+            resp = self._readline(timeout or self.timeout).decode(errors="replace")
             if resp.startswith("IRQ "):
                 _, what, num = resp.split()
                 self.irq_events.append((what, int(num)))
@@ -437,37 +383,64 @@ class QtestMachine:
 
     # ------------------------------------------------------------------ QMP
 
-    def _qmp_send(self, obj: dict) -> None:
-        assert self._qmp is not None
-        self._qmp.sendall(json.dumps(obj).encode() + b"\n")
+    def _qmp_connect(self, sock: socket.socket) -> None:
+        """Greeting and capabilities over our end of QMP's socketpair (qemu.qmp's
+        synchronous client: command ids, events queued as they come)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            raise self._err(QtestError, "QtestMachine is synchronous: not in a running event loop")
+        self._qmp = QEMUMonitorProtocol(sock, nickname=self.name)
+        self._qmp.settimeout(self.timeout)
+        # Its client logs as qemu.qmp.qmp_client.<nickname>; its teardown chatter is not ours.
+        logging.getLogger(f"qemu.qmp.qmp_client.{self.name}").setLevel(logging.CRITICAL)
+        try:
+            self._qmp.connect()
+        except (QMPError, OSError, EOFError) as e:
+            raise self._err(QtestStartError, f"no QMP from QEMU: {e}") from None
 
-    def _qmp_recv(self, timeout: float) -> dict:
-        assert self._qmp is not None
-        return json.loads(self._readline(self._qmp, "_qmp_buf", timeout))
+    def _qmp_disconnect(self) -> None:
+        if self._qmp is None:
+            return
+        self._collect_events()
+        with contextlib.suppress(Exception):  # it re-raises why the connection ended
+            self._qmp.close()
+        self._qmp = None
 
-    def _qmp_handshake(self) -> None:
-        greeting = self._qmp_recv(self.timeout)
-        if "QMP" not in greeting:
-            raise self._err(QtestStartError, f"unexpected QMP greeting {greeting}")
-        self.qmp("qmp_capabilities")
+    def _quit(self, timeout: float) -> None:
+        self._qmp.settimeout(timeout)
+        self._qmp.cmd("quit")
+
+    def _collect_events(self) -> None:
+        with contextlib.suppress(Exception):
+            self._qmp_events += self._qmp.get_events(wait=False)
+
+    @property
+    def qmp_events(self) -> list[dict]:
+        """The QMP events QEMU sent so far, in order."""
+        if self._qmp is not None:
+            self._collect_events()
+        return self._qmp_events
 
     def qmp(self, command: str, **arguments) -> object:
         """Run a QMP command synchronously; its ``return`` value (errors raise)."""
         if self._qmp is None:
             raise QtestError("QEMU is not running", self.cmdline, self.log_path)
-        msg: dict = {"execute": command}
-        if arguments:
-            msg["arguments"] = arguments
         try:
-            self._qmp_send(msg)
-        except OSError as e:
-            raise self._err(QtestExited, f"cannot talk to QEMU (QMP): {e}") from None
-        while True:
-            resp = self._qmp_recv(self.timeout)
-            if "event" in resp:
-                self.qmp_events.append(resp)
-                continue
-            if "error" in resp:
-                err = resp["error"]
-                raise self._err(QtestError, f"QMP {command} failed: {err.get('desc', err)}")
-            return resp.get("return")
+            return self._qmp.cmd(command, **arguments)
+        except ExecuteError as e:
+            raise self._err(QtestError, f"QMP {command} failed: {e}") from None
+        except asyncio.TimeoutError:
+            if not self.running:
+                raise self._err(QtestExited, f"QEMU exited (status {self.proc.returncode})") from None
+            raise self._err(QtestError, f"no answer from QEMU to QMP {command} "
+                                        f"within {self.timeout:.0f} s") from None
+        except (QMPError, OSError, EOFError) as e:
+            self.wait(2)
+            status = self.proc.returncode if self.proc else None
+            raise self._err(QtestExited, f"lost QMP to QEMU during {command} ({e!r}; "
+                                         f"exit status {status})") from None
+        finally:
+            self._collect_events()
