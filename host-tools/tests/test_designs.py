@@ -69,7 +69,7 @@ def test_moving_a_series_directory_keeps_its_key(fixed_toolchain, tmp_path, monk
 
 
 def test_the_registry():
-    assert designs.NAMES == ("stock", "progtype") and designs.DEFAULT == "progtype"
+    assert designs.NAMES == ("stock", "progtype", "kfunc") and designs.DEFAULT == "progtype"
     assert len({d.cache_kind for d in designs.DESIGNS}) == len(designs.DESIGNS)
     for d in designs.DESIGNS:
         assert d.behaviour in rss.BEHAVIOURS and d.title and "\n" not in d.title
@@ -83,7 +83,11 @@ def test_the_registry():
     stock, progtype = designs.get("stock"), designs.get("progtype")
     assert not stock.hash_report_with_vhost and progtype.hash_report_with_vhost
     assert designs.get() is progtype and designs.get(stock) is stock
-    assert designs.with_series() == (progtype,)
+    kfunc = designs.get("kfunc")
+    assert designs.with_series() == (progtype, kfunc)
+    # only kfunc needs a fragment of its own (BTF); the others' keys stay as they were
+    assert [d.name for d in designs.DESIGNS if d.config] == ["kfunc"]
+    assert "CONFIG_DEBUG_INFO_BTF" in K.read_fragment(kfunc.config_path)
     # every series directory belongs to a design
     assert {p.name for p in designs.SERIES_DIR.iterdir()} == {
         d.series for d in designs.with_series()}

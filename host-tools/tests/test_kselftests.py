@@ -22,12 +22,13 @@ pytestmark = pytest.mark.lab
 KTAP_RESULT = re.compile(r"^(ok|not ok) (\d+) (\S+)(?: # (SKIP|XFAIL)\b(.*))?$")
 
 
-def series_tests(name: str) -> list[str]:
-    """KTAP names of the kselftest NAME's tests, from the patches that write it: TEST(t) is
-    ``global.t``, TEST_F(f, t) is ``f.t``, or ``f.v.t`` for each FIXTURE_VARIANT_ADD(f, v)."""
+def series_tests(name: str, design: str | None = None) -> list[str]:
+    """KTAP names of the kselftest NAME's tests, from the patches of DESIGN's series (default:
+    the lab VM's) that write it: TEST(t) is ``global.t``, TEST_F(f, t) is ``f.t``, or
+    ``f.v.t`` for each FIXTURE_VARIANT_ADD(f, v)."""
     rel = SELFTESTS[name]
     added: list[str] = []
-    for p in sorted(designs.get().series_dir.glob("*.patch")):
+    for p in sorted(designs.get(design).series_dir.glob("*.patch")):
         text = p.read_text(errors="replace")
         if f"+++ b/{rel}" in text:
             added += [ln for ln in text.split(f"+++ b/{rel}", 1)[1].split("\ndiff --git", 1)[0]
@@ -67,6 +68,16 @@ def tun_vnet_hash():
 
 def test_series_has_kselftests():
     assert len(series_tests("tun_vnet_hash")) >= 5
+
+
+def check_ktap(r: subprocess.CompletedProcess, expected: list[str]) -> None:
+    """Every expected test reported ok, none skipped, nothing else reported."""
+    results = ktap(r.stdout)
+    bad = [f"{n}: {results[n][0]} {results[n][1]}".strip() if n in results else f"{n}: no result"
+           for n in expected if n not in results or results[n][0] != "ok"
+           or results[n][1].startswith("SKIP")]
+    assert not bad, "\n".join(bad) + "\n" + r.stdout[-3000:]
+    assert set(results) == set(expected), r.stdout[-2000:]
 
 
 @pytest.mark.parametrize("name", series_tests("tun_vnet_hash"))
