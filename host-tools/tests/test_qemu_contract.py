@@ -44,9 +44,11 @@ def entry() -> Path:
     return e
 
 
-def _request_ebpf(entry: Path, tmp_path: Path) -> dict[str, bytes]:
-    with QtestMachine(qemu_binary=entry / "bin/qemu-system-x86_64", log_dir=tmp_path,
-                      name="request-ebpf") as qt:
+@pytest.fixture(scope="module")
+def objects(entry, tmp_path_factory) -> dict[str, bytes]:
+    """What request-ebpf hands a management application, asked once per module."""
+    with QtestMachine(qemu_binary=entry / "bin/qemu-system-x86_64",
+                      log_dir=tmp_path_factory.mktemp("request-ebpf"), name="request-ebpf") as qt:
         return {i: base64.b64decode(qt.qmp("request-ebpf", id=i)["object"])
                 for i in ("rss", "rss-hash")}
 
@@ -83,10 +85,10 @@ def test_qemu_unit_test_of_the_per_peer_decision(entry):
 
 
 @pytest.mark.built
-def test_request_ebpf_objects(entry, tmp_path):
+def test_request_ebpf_objects(entry, objects, tmp_path):
     """rss: one socket filter and the three maps (what a stock-kernel caller always got);
     rss-hash: one VNET_HASH program and the same maps; both are the build's objects."""
-    objs = _request_ebpf(entry, tmp_path)
+    objs = objects
     assert objs["rss"] == (entry / "bpf/rss.bpf.o").read_bytes()
     assert objs["rss-hash"] == (entry / "bpf/rss_hash.bpf.o").read_bytes()
     assert _programs_and_maps(objs["rss"], tmp_path, "rss.o") == ([bpf.RSS_PROG_SOCKET], MAPS)
@@ -95,13 +97,13 @@ def test_request_ebpf_objects(entry, tmp_path):
 
 
 @pytest.mark.built
-def test_request_ebpf_rss_loads_whole_here(entry, tmp_path):
+def test_request_ebpf_rss_loads_whole_here(objects, tmp_path):
     """A management application loads the whole ``rss`` object on this machine's kernel,
     which has no VNET_HASH series, as it did with upstream QEMU."""
     if os.geteuid() != 0:
         pytest.skip("loading BPF programs needs root (not running as root)")
     path = tmp_path / "rss.o"
-    path.write_bytes(_request_ebpf(entry, tmp_path)["rss"])
+    path.write_bytes(objects["rss"])
     with bpf.BpfObject.open(path) as obj:
         obj.load()
         assert obj.program(bpf.RSS_PROG_SOCKET).fd >= 0
@@ -115,10 +117,10 @@ def _fds_of(obj: bpf.BpfObject, prog: str) -> list[int]:
             obj.map(bpf.RSS_MAP_TABLE).fd]
 
 
-def _loaded(entry: Path, tmp_path: Path, which: str) -> bpf.BpfObject:
+def _loaded(objects: dict[str, bytes], tmp_path: Path, which: str) -> bpf.BpfObject:
     """What a management application does: request-ebpf, then load the whole object."""
     path = tmp_path / f"{which}.o"
-    path.write_bytes(_request_ebpf(entry, tmp_path)[which])
+    path.write_bytes(objects[which])
     obj = bpf.BpfObject.open(path)
     try:
         obj.load()
@@ -153,11 +155,11 @@ def test_default_keeps_upstream_behaviour(entry, tmp_path):
 
 
 @pytest.mark.lab
-def test_management_application_hands_in_rss_hash(entry, tmp_path):
+def test_management_application_hands_in_rss_hash(entry, objects, tmp_path):
     """libvirt's way: load request-ebpf's rss-hash object, pass its four fds with
     ebpf-rss-fds and vhost-hash-report=on: hash reports through vhost_net, and every hash,
     report and queue is the oracle's."""
-    with _loaded(entry, tmp_path, "rss-hash") as obj, \
+    with _loaded(objects, tmp_path, "rss-hash") as obj, \
             _fd_rig(entry, tmp_path, obj, bpf.RSS_PROG_VNET_HASH,
                     **{"vhost-hash-report": "on"}) as rig:
         assert rig.net.features & HASH_REPORT and rig.net.hdr_len == 20
@@ -173,10 +175,10 @@ def test_management_application_hands_in_rss_hash(entry, tmp_path):
 
 
 @pytest.mark.lab
-def test_on_refuses_a_program_that_cannot_report(entry, tmp_path):
+def test_on_refuses_a_program_that_cannot_report(entry, objects, tmp_path):
     """vhost-hash-report=on with the socket filter handed in: QEMU does not start, and
     says why."""
-    with _loaded(entry, tmp_path, "rss") as obj:
+    with _loaded(objects, tmp_path, "rss") as obj:
         with pytest.raises(QtestStartError) as err:
             with _fd_rig(entry, tmp_path, obj, bpf.RSS_PROG_SOCKET,
                          **{"vhost-hash-report": "on"}):
@@ -187,10 +189,10 @@ def test_on_refuses_a_program_that_cannot_report(entry, tmp_path):
 
 
 @pytest.mark.lab
-def test_auto_warns_and_goes_on_without_hash_reports(entry, tmp_path):
+def test_auto_warns_and_goes_on_without_hash_reports(entry, objects, tmp_path):
     """vhost-hash-report=auto with the socket filter: no HASH_REPORT, RSS still on, and
     a warning that names the reason."""
-    with _loaded(entry, tmp_path, "rss") as obj, \
+    with _loaded(objects, tmp_path, "rss") as obj, \
             _fd_rig(entry, tmp_path, obj, bpf.RSS_PROG_SOCKET,
                     **{"vhost-hash-report": "auto"}) as rig:
         assert rig.net.features & (1 << 60) and not rig.net.features & HASH_REPORT
@@ -199,8 +201,8 @@ def test_auto_warns_and_goes_on_without_hash_reports(entry, tmp_path):
 
 
 @pytest.mark.lab
-def test_request_ebpf_rss_hash_loads_whole_in_the_lab(entry, tmp_path):
+def test_request_ebpf_rss_hash_loads_whole_in_the_lab(entry, objects, tmp_path):
     """On the lab kernel (the series) both objects load as a whole."""
     for which, prog in (("rss", bpf.RSS_PROG_SOCKET), ("rss-hash", bpf.RSS_PROG_VNET_HASH)):
-        with _loaded(entry, tmp_path, which) as obj:
+        with _loaded(objects, tmp_path, which) as obj:
             assert obj.program(prog).fd >= 0

@@ -16,7 +16,6 @@ configuration, and keeps the log.
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import time
@@ -27,6 +26,7 @@ from ..cache import CacheEntry
 from ..errors import UsageError
 from ..paths import cache_root
 from . import kernel as K
+from . import steps
 
 RECIPE_VERSION = "kernel-bisect-1"
 
@@ -137,13 +137,7 @@ def _bisect(e: CacheEntry, jobs: int, nice: int, design: designs.Design) -> Path
                                              f"were not built as modules; see {logfile}")
             results.append({"patch": k, "name": patch.name, "config": name,
                             "seconds": round(time.monotonic() - t1, 1)})
-    with e.fill() as dest:
-        (dest / "bisect.json").write_text(json.dumps(
-            {"design": design.name, "patches": [p.name for p in patches], "objects": objects,
-             "module_overrides": MODULE_OVERRIDES, "results": results,
-             "seconds": round(time.monotonic() - t0, 1)}, indent=1) + "\n")
-        shutil.copy2(logfile, dest / "build.log")
-    shutil.rmtree(work, ignore_errors=True)
-    K.log(f"bisect: every prefix builds ({len(results)} builds, "
-          f"{time.monotonic() - t0:.0f}s): {e.path}")
-    return e.path
+    return steps.finish_bisect(
+        e, {"design": design.name, "patches": [p.name for p in patches], "objects": objects,
+            "module_overrides": MODULE_OVERRIDES, "results": results},
+        logfile, work, t0, K.log)

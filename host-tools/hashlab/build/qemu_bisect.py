@@ -17,7 +17,6 @@ and keeps the work directory and its log.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 from ..cache import CacheEntry
 from ..paths import cache_root
 from . import qemu as Q
+from . import steps
 
 RECIPE_VERSION = "qemu-bisect-1"
 
@@ -84,12 +84,5 @@ def _bisect(e: CacheEntry, tc: Q.BpfToolchain, dsc: Path, jobs: int, nice: int) 
                                    f"{err}; work dir left: {work}") from None
         results.append({"patch": k, "name": patch.name, "targets": targets,
                         "seconds": round(time.monotonic() - t1, 1)})
-    with e.fill() as dest:
-        (dest / "bisect.json").write_text(json.dumps(
-            {"patches": [p.name for p in patches], "results": results,
-             "seconds": round(time.monotonic() - t0, 1)}, indent=1) + "\n")
-        shutil.copy2(logfile, dest / "build.log")
-    shutil.rmtree(work, ignore_errors=True)
-    Q.log(f"bisect: every prefix builds ({len(results)} builds, "
-          f"{time.monotonic() - t0:.0f}s): {e.path}")
-    return e.path
+    return steps.finish_bisect(e, {"patches": [p.name for p in patches], "results": results},
+                               logfile, work, t0, Q.log)

@@ -4,7 +4,9 @@ progress reporter, and a lock so two builds of one cache entry never run at once
 from __future__ import annotations
 
 import fcntl
+import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -91,3 +93,16 @@ def ccache_counts(ccache_dir: Path) -> dict[str, int]:
 
 def ccache_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {k: after[k] - before.get(k, 0) for k in after}
+
+
+def finish_bisect(e, doc: dict, logfile: Path, work: Path, t0: float,
+                  log: Callable[[str], None]) -> Path:
+    """Fill bisect entry E with ``bisect.json`` (DOC + the time taken) and the log, drop
+    the work dir, say so."""
+    seconds = round(time.monotonic() - t0, 1)
+    with e.fill() as dest:
+        (dest / "bisect.json").write_text(json.dumps({**doc, "seconds": seconds}, indent=1) + "\n")
+        shutil.copy2(logfile, dest / "build.log")
+    shutil.rmtree(work, ignore_errors=True)
+    log(f"bisect: every prefix builds ({len(doc['results'])} builds, {seconds:.0f}s): {e.path}")
+    return e.path

@@ -79,18 +79,17 @@ class NetRig:
             netdev = self.injector.netdev_arg("n0", "vhost=on" if self.vhost else "")
         else:
             netdev = self.injector.netdev_arg("n0")
+        # The rig's own properties, typed as JSON -device wants them; JSON is the only
+        # syntax for array properties (ebpf-rss-fds), key=value the usual one.
+        dev = {"driver": "virtio-net-pci", "netdev": "n0", "disable-legacy": "on",
+               "vectors": 0, "romfile": "", **({"mq": True} if self.queues > 1 else {})}
         if self.device_json is not None:
-            # JSON -device: the only syntax for array properties (ebpf-rss-fds).
-            dev = json.dumps({"driver": "virtio-net-pci", "netdev": "n0",
-                              "disable-legacy": "on", "vectors": 0, "romfile": "",
-                              **({"mq": True} if self.queues > 1 else {}), **self.device_json})
-            return ["-netdev", netdev, "-device", dev, *self.extra_args]
-        dev = "virtio-net-pci,netdev=n0,disable-legacy=on,vectors=0,romfile="
-        if self.queues > 1:
-            dev += ",mq=on"
-        if self.device_opts:
-            dev += "," + self.device_opts
-        return ["-netdev", netdev, "-device", dev, *self.extra_args]
+            arg = json.dumps({**dev, **self.device_json})
+        else:
+            driver = dev.pop("driver")
+            arg = ",".join([driver, *(f"{k}={'on' if v is True else v}" for k, v in dev.items()),
+                            *([self.device_opts] if self.device_opts else [])])
+        return ["-netdev", netdev, "-device", arg, *self.extra_args]
 
     def __enter__(self) -> "NetRig":
         try:
