@@ -35,9 +35,6 @@ class Design:
     # built before the registry existed keep their paths ("kernel", "kernel-stock").
     cache_kind: str
     divergences: tuple[str, ...] = ()  # known divergences from the spec (oracle names)
-    # A config fragment in the series directory, merged after kernel/lab.config: what this
-    # design needs on top of every lab kernel (the kfunc design: BTF).  None: nothing.
-    config: str | None = None
 
     def __post_init__(self):  # a typo here would only show as a wrong verdict much later
         if self.behaviour not in BEHAVIOURS:
@@ -47,10 +44,6 @@ class Design:
     def series_dir(self) -> Path | None:
         return SERIES_DIR / self.series if self.series else None
 
-    @property
-    def config_path(self) -> Path | None:
-        return self.series_dir / self.config if self.series and self.config else None
-
 
 DESIGNS: tuple[Design, ...] = (
     Design("stock", "the control: the lab kernel without any series", None,
@@ -58,8 +51,7 @@ DESIGNS: tuple[Design, ...] = (
     Design("progtype", "the RFC's BPF_PROG_TYPE_VNET_HASH: tun runs a hash program",
            "progtype", hash_report_with_vhost=True, behaviour="spec", cache_kind="kernel"),
     Design("kfunc", "the BPF maintainers' way: the socket filter calls a kfunc",
-           "kfunc", hash_report_with_vhost=True, behaviour="spec", cache_kind="kernel-kfunc",
-           config="btf.config"),
+           "kfunc", hash_report_with_vhost=True, behaviour="spec", cache_kind="kernel-kfunc"),
 )
 BY_NAME = {d.name: d for d in DESIGNS}
 NAMES = tuple(BY_NAME)

@@ -122,8 +122,6 @@ def input_key(design: str | designs.Design = designs.DEFAULT) -> InputKey:
     key.add_text("source", f"{pkg}={version}")
     key.add_text("compiler", compiler_version())
     key.add_file(LAB_CONFIG, "lab.config")
-    if d.config_path:  # only then: the keys of designs without one stay as they were
-        key.add_file(d.config_path, f"series-config/{d.config}")
     # names and contents only (the "patches/" prefix is historic): where the series
     # lives is not an input
     key.add_text("series", "\n".join(p.name for p in patches))
@@ -304,17 +302,6 @@ def build_selftests(src: Path, dest: Path, logfile: Path) -> None:
             logfile, f"selftest {name}")
 
 
-def config_fragment(design: designs.Design, work: Path) -> Path:
-    """lab.config, followed by the design's own fragment if it has one (in WORK)."""
-    if not design.config_path:
-        return LAB_CONFIG
-    merged = work / "lab.config"
-    merged.write_text(LAB_CONFIG.read_text().rstrip("\n") + "\n\n"
-                      f"# --- {design.series}/{design.config} ---\n"
-                      + design.config_path.read_text())
-    return merged
-
-
 def build(e: CacheEntry, jobs: int, nice: int, keep_work: bool,
           design: designs.Design) -> Path:
     pkg, version, tarball = source_tarball()
@@ -344,8 +331,7 @@ def build(e: CacheEntry, jobs: int, nice: int, keep_work: bool,
         unpack(tarball, src, logfile)
         apply_series(src, patches, logfile)
         obj.mkdir()
-        fragment = config_fragment(design, work)
-        configure(src, obj, logfile, make, fragment)
+        configure(src, obj, logfile, make, LAB_CONFIG)
         mk(["bzImage"], "bzImage", progress=True)
         mk([f"INSTALL_HDR_PATH={dest / 'headers'}", "headers_install"], "headers_install")
         if design.series:  # only the series' programs need our libbpf and bpftool
@@ -357,7 +343,7 @@ def build(e: CacheEntry, jobs: int, nice: int, keep_work: bool,
         shutil.copy2(obj / ".config", dest / "config")
         shutil.copy2(obj / "System.map", dest / "System.map")
         shutil.copy2(obj / "include/config/kernel.release", dest / "kernel.release")
-        shutil.copy2(fragment, dest / "lab.config")
+        shutil.copy2(LAB_CONFIG, dest / "lab.config")
         (dest / "series").write_text("".join(p.name + "\n" for p in patches))
         shutil.copy2(logfile, dest / "build.log")
         e.extra["ccache"] = steps.ccache_delta(cc0, steps.ccache_counts(Path(env["CCACHE_DIR"])))
