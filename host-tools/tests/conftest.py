@@ -1,7 +1,8 @@
 """Shared pytest wiring: tiers by marker.
 
 ``lab`` tests need the lab kernel and run only inside the lab VM (scripts/test sets
-HASHLAB_IN_LAB=1 there); everywhere else they are skipped with the reason.
+HASHLAB_IN_LAB=1 there); ``lab_kfunc`` ones inside the lab VM booted with the kfunc
+design's kernel (a test may carry both); everywhere else they are skipped with the reason.
 """
 
 import os
@@ -18,9 +19,10 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         # The built eBPF object is the project's own build: tests that load it run after
         # the build (scripts/test's build tier), never skip for its absence.
-        if "rss_object" in getattr(item, "fixturenames", ()) and "lab" not in item.keywords:
+        in_vm = "lab" in item.keywords or "lab_kfunc" in item.keywords
+        if "rss_object" in getattr(item, "fixturenames", ()) and not in_vm:
             item.add_marker(pytest.mark.built)
-        if "lab" in item.keywords and not IN_LAB:
+        if in_vm and not IN_LAB:
             item.add_marker(skip_lab)
 
 

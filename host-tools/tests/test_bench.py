@@ -234,3 +234,79 @@ def test_uapi_layout_is_the_libbpf_wrappers():
     assert (bpf.SkBuff.len.offset, bpf.SkBuff.vnet_hash_value.offset,
             bpf.SkBuff.vnet_hash_report.offset, bpf.SkBuff.vnet_rss_queue.offset) == \
         (L.SKB_LEN, L.SKB_VNET_HASH_VALUE, L.SKB_VNET_HASH_REPORT, L.SKB_VNET_RSS_QUEUE)
+
+
+def _design_part(where: str, design: str, forms: dict, ms: list) -> dict:
+    return {"environments": {where: {"kernel": "6.12", "emulated": True, "design": design,
+                                     "forms": forms}},
+            "classes": [], "subjects": [], "measurements": ms}
+
+
+def test_designs_side_by_side_each_against_its_own_upstream():
+    """progtype's VNET_HASH form and kfunc's socket form, each over upstream's program
+    in its own lab VM: ratios travel between VMs, ns do not."""
+    r = synthetic()
+    r["environments"]["lab"].update(design="progtype",
+                                    forms={"ours": "vnet_hash", "ours-socket": "socket"})
+    r = report.merge(r, _design_part("lab-kfunc", "kfunc", {"ours-socket": "socket"}, [
+        _m("upstream", "ipv6-tcp", 12000, "lab-kfunc"),
+        _m("ours-socket", "ipv6-tcp", 3000, "lab-kfunc")]))
+    r = report.finish(r)
+    assert r["designs"]["forms"] == {"progtype": {"where": "lab", "subject": "ours"},
+                                     "kfunc": {"where": "lab-kfunc", "subject": "ours-socket"}}
+    row = {x["class"]: x for x in r["designs"]["ratios"]}["ipv6-tcp"]
+    assert row["progtype_x_upstream"] == pytest.approx(2000 / 9000)
+    assert row["kfunc_x_upstream"] == pytest.approx(3000 / 12000)
+    assert row["kfunc_x_progtype"] == pytest.approx((3000 / 12000) / (2000 / 9000))
+    text = report.table(r)
+    assert "designs:" in text and "kfunc_x_progtype" in text and "lab-kfunc:" in text
+    # one design alone: nothing to set side by side
+    assert "designs" not in report.finish(synthetic())
+
+
+def test_floor_parse_ratio_net_of_the_harness():
+    r = synthetic(lab=False)
+    r["measurements"] += [_m("floor-parse", "ipv6-tcp", 20), _m("floor-parse", "ipv4-tcp", 10),
+                          _m("floor-parse", "non-ip", 2)]
+    g = report.finish(r)["goal"]["host"]
+    # ours net of the empty harness (10 ns) over the whole job in C
+    assert g["ours_x_floor_parse"]["ipv6-tcp"] == pytest.approx((300 - 10) / 20)
+    assert g["ours_x_floor_parse"]["non-ip"] == pytest.approx((20 - 10) / 2)
+    assert g["ours_within_parse_goal"] is False and g["parse_goal"] == report.PARSE_GOAL
+    assert "floor-parse (aim <= 2x)" in report.table(report.finish(r))
+
+
+def test_floor_parse_hashes_and_reports_like_the_oracle():
+    """The C floor's parse picks the spec's type and hashes like the oracle, every class."""
+    from hashlab.bench import program, tools
+
+    exe = tools.floor_binary()
+    cfg = program.BENCH_CONFIG
+    for name, _, frame in program.CLASSES:
+        h, rep = rss.hash_packet(frame, cfg.key, cfg.types, "hashlab-ebpf")
+        out = subprocess.run([str(exe), "--parse", cfg.key.hex(), frame.hex(), str(cfg.types),
+                              "10", "1"], capture_output=True, text=True, check=True).stdout
+        _, _, _, hx, got = out.split()
+        assert (int(hx, 16), int(got)) == (h, rep), name
+
+
+def test_kfunc_calls_pair_with_the_frames_the_kernel_ran():
+    """The kfunc form's calls (a kprobe's record) belong to the frames in order: one per
+    frame run while hashes are populated, none otherwise; any other count is an error."""
+    from hashlab.bench import differential as diff
+    from hashlab.bench.kfunc import CaptureError
+
+    ran = testrun.Result(0, 1, 0, 0, 0, 0, 0)
+    refused = testrun.Result(22, 0, 0, 0, 0, 0, 0)
+    cfg = diff.Config("c", rss.MS_KEY, rss.ALL_TYPES)
+    calls = [(0x11, 2), (0x22, 5)]
+    assert diff._pair_calls([ran, refused, ran], list(calls), cfg, 0) == [
+        (0x11, 2), None, (0x22, 5)]
+    with pytest.raises(CaptureError, match="1 calls of bpf_skb_set_vnet_hash, expected 2"):
+        diff._pair_calls([ran, ran], calls[:1], cfg, 0)
+    quiet = diff.Config("q", rss.MS_KEY, rss.ALL_TYPES, populate_hash=False)
+    assert diff._pair_calls([ran, ran], [], quiet, 0) == [None, None]
+    with pytest.raises(CaptureError, match="expected 0"):
+        diff._pair_calls([ran], calls[:1], quiet, 5)
+    with pytest.raises(ValueError, match="kfunc form"):
+        diff.run(None, None, [], [], form="kfunc")

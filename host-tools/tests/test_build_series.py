@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from hashlab import designs
 from hashlab.build import kernel as K
 from hashlab.build import kernel_bisect as B
@@ -63,3 +65,16 @@ def test_bisect_module_config(tmp_path):
     lab = K.read_fragment(K.LAB_CONFIG)
     assert {s: v for s, v in frag.items() if s not in B.MODULE_OVERRIDES} == \
         {s: v for s, v in lab.items() if s not in B.MODULE_OVERRIDES}
+
+
+def test_qemu_variants_cut_the_series_before_the_kfunc_patch():
+    """progtype-only: the QEMU a host built before the kfunc patch (the mismatched
+    pairing); its entry is its own (kind qemu-progtype-only)."""
+    from hashlab.errors import UsageError
+
+    whole = Q.patch_files()
+    old = Q.patch_files(variant="progtype-only")
+    assert whole[:len(old)] == old and len(whole) == len(old) + 1
+    assert "kfunc" in Q._subject(whole[len(old)]) and "kfunc" not in Q._subject(old[-1])
+    with pytest.raises(UsageError, match="unknown QEMU variant"):
+        Q.patch_files(variant="nope")

@@ -58,7 +58,8 @@ def fake_run(frames, observed, conf, *, hash_report=True, check_hash=True, queue
         checks=[("vhost_running", None)], seconds=12.3, batches=[b],
         datapath=Datapath(qemu="patched", qemu_binary="qemu", qemu_version="10.0.13",
                           vhost=True, where=where, scenario_where=where, accel="kvm",
-                          host_kernel="6.12.117", kernel_has_series=series, design=None,
+                          host_kernel="6.12.117", kernel_has_series=series,
+                          design="progtype" if series else None,
                           scenario_design=None, behaviour=behaviour or conf.behaviour),
         negotiation=Negotiation(negotiated=dict(features),
                                 offered={"RSS": rss_on, "HASH_REPORT": True}),
@@ -135,7 +136,8 @@ def test_rows_name_their_design():
     # the table's kernel column and the JSON's design field, as before the registry
     kernels = {r.id: (r.kernel, C.placeholder(r, M.NOT_BUILT, "x").design) for r in C.ROWS}
     assert kernels["host-stock"] == ("host (no series)", None)
-    assert kernels["lab-patched-vhost"] == ("lab (series)", "progtype")
+    assert kernels["lab-patched-vhost"] == ("lab (progtype series)", "progtype")
+    assert kernels["lab-patched-vhost-kfunc"] == ("lab (kfunc series)", "kfunc")
     assert kernels["lab-stock-vhost-stock-kernel"] == ("lab without the series", "stock")
     assert C.lab_part_name("progtype") == "lab" and C.lab_part_name("stock") == "lab-stock-kernel"
 
@@ -145,7 +147,7 @@ def test_availability(monkeypatch):
     assert row.design == "stock" and C.ROWS_BY_ID["lab-patched-vhost"].design == "progtype"
     # every build present unless said otherwise: the answer must not depend on the cache
     built = {"progtype"}  # the designs whose lab kernel is built
-    monkeypatch.setattr(datapath, "patched_qemu", lambda: Path("/bin/true"))
+    monkeypatch.setattr(datapath, "patched_qemu", lambda variant="patched": Path("/bin/true"))
     monkeypatch.setattr(datapath, "lab_kernel_path",
                         lambda design="progtype": Path("/bzImage") if design in built else None)
     monkeypatch.delenv(datapath.LAB_DESIGN_ENV, raising=False)
@@ -156,12 +158,15 @@ def test_availability(monkeypatch):
     assert C.availability(row, here_is_lab=False) is None
     # in a lab VM, rows go to the kernel they need: with the series or without
     monkeypatch.setattr(datapath, "kvm_usable", lambda: True)
-    for has_series in (True, False):
-        monkeypatch.setattr(datapath, "kernel_has_series", lambda: has_series)
-        assert (C.availability(row, here_is_lab=True) is None) == (not has_series)
-        assert (C.availability(C.ROWS_BY_ID["lab-patched-vhost"], True) is None) == has_series
+    kfunc_row = C.ROWS_BY_ID["lab-patched-vhost-kfunc"]
+    for prog_type, kfunc in ((True, False), (False, False), (False, True)):
+        monkeypatch.setattr(datapath, "kernel_has_prog_type", lambda: prog_type)
+        monkeypatch.setattr(datapath, "kernel_has_kfunc", lambda: kfunc)
+        assert (C.availability(row, here_is_lab=True) is None) == (not prog_type and not kfunc)
+        assert (C.availability(C.ROWS_BY_ID["lab-patched-vhost"], True) is None) == prog_type
+        assert (C.availability(kfunc_row, True) is None) == kfunc
     # the design the lab VM was booted as (lab.run(design=)) wins over the probe
-    monkeypatch.setattr(datapath, "kernel_has_series", lambda: True)
+    monkeypatch.setattr(datapath, "kernel_has_prog_type", lambda: True)
     monkeypatch.setenv(datapath.LAB_DESIGN_ENV, "stock")
     assert C.availability(row, here_is_lab=True) is None
     assert C.availability(C.ROWS_BY_ID["lab-patched-vhost"], True) == (
@@ -172,15 +177,37 @@ def test_availability(monkeypatch):
         M.NOT_BUILT, "the lab kernel is not built (scripts/build-kernel)")
     assert C.availability(C.ROWS_BY_ID["host-stock"], False) is None
 
-    def not_built():
-        raise datapath.MissingToolError("no")
+    def not_built(variant="patched"):
+        raise datapath.MissingToolError(f"no {variant}")
     monkeypatch.setattr(datapath, "patched_qemu", not_built)
     assert C.availability(C.ROWS_BY_ID["host-patched"], False)[0] == M.NOT_BUILT
+    assert C.availability(C.ROWS_BY_ID["lab-progtype-qemu-kfunc"], False) == (
+        M.NOT_BUILT, "no progtype-only")
     monkeypatch.setattr(datapath, "kernel_has_series", lambda: True)
     assert C.availability(C.ROWS_BY_ID["host-stock"], True)[0] == M.NOT_SUPPORTED
 
 
 # --------------------------------------------------------------------------- judging
+
+
+def test_designs_json_is_flat_and_numeric(frames):
+    """designs.json: one object per row, the keys a comparison of the designs needs,
+    counts as numbers (a row that did not run has zeros and says why)."""
+    conf = oracle("spec")
+    ran = C.row_result_from_run(ROW, fake_run(frames, observe(frames, conf), conf,
+                                              where="lab", series=True), 40.0)
+    missing = C.placeholder(C.ROWS_BY_ID["lab-patched-vhost-kfunc"], M.NOT_BUILT, "no kernel")
+    doc = M.designs_json([ran, missing])
+    need = {"design", "qemu", "kernel", "vhost", "hash_report_negotiated", "frames",
+            "hashes_right", "queues_right"}
+    assert all(need <= set(d) for d in doc)
+    a, b = doc
+    assert a["design"] == "progtype" and a["vhost"] is True and a["hash_report_negotiated"]
+    assert a["frames"] == a["hashes_right"] == a["queues_right"] == len(frames)
+    assert all(isinstance(a[k], int) for k in ("frames", "hashes_right", "queues_right"))
+    assert b["design"] == "kfunc" and b["status"] == M.NOT_BUILT and b["frames"] == 0
+    assert b["reason"] == "no kernel" and b["ok"] is False
+    json.dumps(doc)  # plain JSON
 
 
 def test_perfect_spec_device(frames):
@@ -193,7 +220,7 @@ def test_perfect_spec_device(frames):
     assert r.spec["seen"] == r.spec["hash_right"] == r.spec["queue_right"] == n
     assert r.spec["hashed_expected"] == r.spec["hashed_right"] == n - len(
         frames.select(["non-ip"]))
-    assert r.kernel == "lab 6.12.117 (series)" and r.qemu == "patched 10.0.13"
+    assert r.kernel == "lab 6.12.117 (progtype series)" and r.qemu == "patched 10.0.13"
     assert M.hashes_cell(r) == f"{n}/{n}" and M.queues_cell(r) == f"{n}/{n}"
     assert M.verdict(r) == "PASS (= spec)"
     assert set(r.spec["by_type"]) == {"NONE", "TCPv4", "UDPv4", "TCPv6", "UDPv6"}

@@ -137,10 +137,14 @@ def test_the_running_design(monkeypatch, tmp_path):
     """In a lab VM the design it was booted as; else the kernel is probed."""
     from hashlab.host import datapath
 
-    monkeypatch.setattr(datapath, "kernel_has_series", lambda: False)
+    probes = {"kernel_has_prog_type": False, "kernel_has_kfunc": False}
+    for name in probes:
+        monkeypatch.setattr(datapath, name, lambda name=name: probes[name])
     monkeypatch.delenv(datapath.LAB_DESIGN_ENV, raising=False)
-    assert datapath.running_design() == "stock"
-    monkeypatch.setattr(datapath, "kernel_has_series", lambda: True)
+    assert datapath.running_design() == "stock" and not datapath.kernel_has_series()
+    probes["kernel_has_kfunc"] = True
+    assert datapath.running_design() == "kfunc" and datapath.kernel_has_series()
+    probes["kernel_has_prog_type"] = True
     assert datapath.running_design() == "progtype"
     monkeypatch.setenv(datapath.LAB_DESIGN_ENV, "stock")
     assert datapath.running_design() == "stock"

@@ -11,6 +11,9 @@ report and queue are compared with ``rss.hash_info(..., behaviour="hashlab-ebpf"
 spec plus the program's named parser bounds) and ``select_queue``.
 
 * lab tier (``BPF_PROG_TYPE_VNET_HASH``, inside the lab VM): hash, report and queue;
+* lab tier, kfunc VM (marker ``lab_kfunc``: the socket filter on the ``kfunc`` kernel):
+  hash and report as the program hands them to ``bpf_skb_set_vnet_hash()`` (a kprobe
+  catches the calls: ``hashlab.bench.kfunc``), queue from the return value;
 * host tier (the socket-filter form on the host's kernel, natively): the queue, with a
   hash-only configuration making it the hash's low 16 bits; fewer frames.
 
@@ -42,7 +45,7 @@ import pytest
 from hashlab.host import bpf
 from hashlab.oracle import rss
 from hashlab.bench import differential as diff
-from hashlab.bench import testrun
+from hashlab.bench import kfunc, testrun
 from hashlab.frames.hostile import (
     DST, TCP, UDP, V6_DST, V6_HOA, V6_SRC, _dst, _hao_dst, _v6, hao, hostile, opt_pad,
     random_frames,
@@ -223,6 +226,75 @@ def test_fuzz_hostile_corpus_vnet_hash(vnet_prog, record_property):
     out = diff.run(obj, prog, [f.data for f in frames], HOSTILE_CONFIGS, form="vnet_hash",
                    labels=[f"{f.id} ({f.desc})" for f in frames])
     _finish(out, record_property, f"hostile corpus, {len(frames)} frames x {len(HOSTILE_CONFIGS)} configs")
+
+
+# --------------------------------------------------------------------------- kfunc VM
+
+
+@pytest.fixture(scope="module")
+def kfunc_prog(rss_object):
+    """The socket filter on the kfunc kernel, with the kprobe that sees its kfunc calls."""
+    from hashlab.host.datapath import kernel_has_kfunc
+
+    if not kernel_has_kfunc():
+        pytest.fail(f"this kernel's BTF has no {kfunc.KFUNC}: not the kfunc lab kernel")
+    with bpf.open_rss_object(rss_object, "socket") as obj, kfunc.KfuncCapture() as cap:
+        obj.load()
+        yield obj, obj.program(bpf.RSS_PROG_SOCKET), cap
+
+
+@pytest.mark.lab_kfunc
+@pytest.mark.parametrize("name", list(REGRESSION_CASES))
+def test_regression_case_kfunc(kfunc_prog, name):
+    obj, prog, cap = kfunc_prog
+    frame, types, answer, verdict = REGRESSION_CASES[name]
+    cfg = diff.Config(f"regression-{name}", MS_KEY, types, _TABLE_IDENTITY, 99)
+    cfg.apply(obj)
+    cap.reset()
+    (res,) = testrun.run(prog.fd, [frame])
+    assert res.err == 0
+    calls = cap.take()
+    assert len(calls) == 1, f"{len(calls)} calls of {kfunc.KFUNC} for one frame"
+    want = cfg.expect(*rss.hash_packet(frame, MS_KEY, types, answer))
+    got = (*calls[0], res.retval)
+    if verdict in diff.PROGRAM_BUGS and got != want:
+        assert got == diff.PROGRAM_BUGS[verdict].wrong(cfg), "not even the pinned bug's answer"
+        pytest.xfail(f"program bug {verdict}: {diff.PROGRAM_BUGS[verdict].what}")
+    assert got == want, f"{name}: program {got}, {answer} {want}"
+
+
+@pytest.mark.lab_kfunc
+def test_no_kfunc_call_without_hash_population(kfunc_prog):
+    """RSS without hash reports: the program steers and never calls the kfunc."""
+    obj, prog, cap = kfunc_prog
+    cfg = diff.Config("no-populate", MS_KEY, ALL_TYPES, _TABLE_IDENTITY, 4, populate_hash=False)
+    cfg.apply(obj)
+    cap.reset()
+    frames = [f.data for f in hostile()][:50]
+    res = testrun.run(prog.fd, frames)
+    assert any(r.err == 0 for r in res) and cap.take() == []
+
+
+@pytest.mark.lab_kfunc
+def test_fuzz_random_frames_kfunc(kfunc_prog, record_property):
+    obj, prog, cap = kfunc_prog
+    seed = _seed()
+    n = int(os.environ.get("HASHLAB_FUZZ_FRAMES", DEFAULT_FRAMES))
+    print(f"HASHLAB_FUZZ_SEED={seed} frames={n}")
+    record_property("fuzz_seed", seed)
+    out = diff.run(obj, prog, random_frames(seed, n), CONFIGS, form="kfunc", capture=cap)
+    _finish(out, record_property, f"kfunc form, random frames, seed {seed}, {n} frames x "
+            f"{len(CONFIGS)} configs")
+
+
+@pytest.mark.lab_kfunc
+def test_fuzz_hostile_corpus_kfunc(kfunc_prog, record_property):
+    obj, prog, cap = kfunc_prog
+    frames = hostile()
+    out = diff.run(obj, prog, [f.data for f in frames], HOSTILE_CONFIGS, form="kfunc",
+                   capture=cap, labels=[f"{f.id} ({f.desc})" for f in frames])
+    _finish(out, record_property, f"kfunc form, hostile corpus, {len(frames)} frames x "
+            f"{len(HOSTILE_CONFIGS)} configs")
 
 
 # --------------------------------------------------------------------------- host tier

@@ -1,8 +1,10 @@
 """The patched stack through hashlab's own virtio-net driver, inside the lab VM.
 
 Patched QEMU on the patched kernel: the hash each frame carries is computed by the
-VNET_HASH eBPF program in tun and copied to the device's receive header — by QEMU with
-``vhost=off``, by vhost_net with ``vhost=on``.  The driver reads the raw 20-byte
+eBPF program in tun (the VNET_HASH program on ``progtype``, the socket filter calling
+``bpf_skb_set_vnet_hash()`` on ``kfunc``: the tests run in both designs' lab VMs) and
+copied to the device's receive header — by QEMU with ``vhost=off``, by vhost_net with
+``vhost=on``.  The driver reads the raw 20-byte
 headers, so the exact report value is checked for all nine types, against the spec
 (``behaviour="hashlab-ebpf"``: the spec plus the program's named parser limits).
 """
@@ -19,7 +21,8 @@ from hashlab.frames.packets import corpus
 from hashlab.vdrv import NetRig
 from hashlab.vdrv.check import HashSetup, run_setup
 
-pytestmark = [pytest.mark.lab, pytest.mark.timeout(1200)]
+# The same patched QEMU on either design's kernel: the one lab VM, and the kfunc one.
+pytestmark = [pytest.mark.lab, pytest.mark.lab_kfunc, pytest.mark.timeout(1200)]
 
 T = rss.HashType
 BEHAVIOUR = "hashlab-ebpf"

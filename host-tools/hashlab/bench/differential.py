@@ -12,7 +12,10 @@ returns is compared with the oracle (``rss.hash_info`` with ``behaviour``, by de
   type and queue, from ``ctx_out``;
 * ``form="socket"`` (a socket filter, any kernel): the queue only (the return value).
   A hash-only configuration (``redirect=False``) makes the queue the hash's low 16
-  bits, which is what makes this form worth fuzzing too.
+  bits, which is what makes this form worth fuzzing too;
+* ``form="kfunc"`` (the same socket filter on the ``kfunc`` kernel): hash value and
+  report type as the program hands them to ``bpf_skb_set_vnet_hash()``, caught by a
+  kprobe (:mod:`.kfunc`), and the queue from the return value.
 
 Every (frame, configuration) run ends in exactly one bucket of :class:`Outcome`:
 refused by the kernel (with the reason), matched, matched where the spec and the
@@ -200,13 +203,22 @@ def _divergence_name(spec_info, info) -> str:
 def run(obj: bpf.BpfObject, prog: bpf.Program, frames: Sequence[bytes], configs: Iterable[Config],
         form: str = "vnet_hash", behaviour: str = "hashlab-ebpf", labels: Sequence[str] | None = None,
         bugs: Iterable[ProgramBug] | None = None, keep: int = 20, chunk: int = 20000,
-        on_configure: Callable[[bpf.BpfObject, Config], None] | None = None) -> Outcome:
+        on_configure: Callable[[bpf.BpfObject, Config], None] | None = None,
+        capture=None) -> Outcome:
     """Every frame under every configuration; see the module docstring.  ``on_configure``
-    fills whatever else a program needs per configuration (e.g. the prototype's tables)."""
+    fills whatever else a program needs per configuration (e.g. the prototype's tables);
+    ``capture``: the :class:`.kfunc.KfuncCapture` of the ``kfunc`` form."""
     import time
 
-    if form not in ("vnet_hash", "socket"):
+    if form not in ("vnet_hash", "socket", "kfunc"):
         raise ValueError(f"unknown form {form!r}")
+    if (form == "kfunc") != (capture is not None):
+        raise ValueError("the kfunc form, and only it, takes a capture")
+    if capture is not None:
+        from .kfunc import CAPTURE_MAX
+
+        chunk = min(chunk, CAPTURE_MAX)
+    full = form in ("vnet_hash", "kfunc")  # hash and report are observed too
     bugs = list(PROGRAM_BUGS.values() if bugs is None else bugs)
     out = Outcome(form=form, behaviour=behaviour, frames=len(frames))
     t0 = time.monotonic()
@@ -226,8 +238,12 @@ def run(obj: bpf.BpfObject, prog: bpf.Program, frames: Sequence[bytes], configs:
             on_configure(obj, cfg)
         t1 = time.monotonic()
         results: list[testrun.Result] = []
+        calls: list[tuple[int, int] | None] = []
         for s in range(0, len(frames), chunk):
-            results += testrun.run(prog.fd, frames[s:s + chunk])
+            part = testrun.run(prog.fd, frames[s:s + chunk])
+            results += part
+            if capture is not None:
+                calls += _pair_calls(part, capture.take(), cfg, s)
         out.seconds["test-run"] = out.seconds.get("test-run", 0.0) + time.monotonic() - t1
         t2 = time.monotonic()
         for i, (frame, res) in enumerate(zip(frames, results)):
@@ -238,8 +254,13 @@ def run(obj: bpf.BpfObject, prog: bpf.Program, frames: Sequence[bytes], configs:
             info = infos[i]
             h, r = hash_info(info, cfg.key, cfg.types, behaviour)
             want = cfg.expect(h, r)
-            got = (res.hash, res.report, res.queue) if form == "vnet_hash" else (0, 0, res.retval)
-            same = got == want if form == "vnet_hash" else got[2] == want[2]
+            if form == "vnet_hash":
+                got = (res.hash, res.report, res.queue)
+            elif form == "kfunc":
+                got = (*(calls[i] or (0, 0)), res.retval)
+            else:
+                got = (0, 0, res.retval)
+            same = got == want if full else got[2] == want[2]
             out.compared += 1
             if same:
                 out.matched += 1
@@ -252,7 +273,7 @@ def run(obj: bpf.BpfObject, prog: bpf.Program, frames: Sequence[bytes], configs:
             explained = None
             for b in bug_hits[i]:
                 w = b.wrong(cfg)
-                if (got == w) if form == "vnet_hash" else (got[2] == w[2]):
+                if (got == w) if full else (got[2] == w[2]):
                     explained = b.name
                     break
             if explained:
@@ -264,3 +285,20 @@ def run(obj: bpf.BpfObject, prog: bpf.Program, frames: Sequence[bytes], configs:
                 out.mismatches.append(Mismatch(label, cfg.name, bytes(frame), got, want))
         out.seconds["compare"] = out.seconds.get("compare", 0.0) + time.monotonic() - t2
     return out
+
+
+def _pair_calls(results: Sequence[testrun.Result], calls: list[tuple[int, int]], cfg: Config,
+                first: int) -> list[tuple[int, int] | None]:
+    """The kfunc call of each frame of a batch: one per frame the kernel ran when CFG
+    populates hashes (the program calls the kfunc exactly then), else none."""
+    ran = [r.err == 0 for r in results]
+    want = sum(ran) if cfg.populate_hash else 0
+    if len(calls) != want:
+        from .kfunc import KFUNC, CaptureError
+
+        raise CaptureError(
+            f"config {cfg.name}, frames {first}..{first + len(results) - 1}: {len(calls)} "
+            f"calls of {KFUNC}, expected {want} (one per frame run when hashes are populated)",
+            71)  # EPROTO
+    it = iter(calls)
+    return [next(it) if r and cfg.populate_hash else None for r in ran]

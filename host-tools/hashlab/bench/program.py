@@ -11,18 +11,28 @@ type (Microsoft key, 128-entry table over 4 queues):
 * ``ours``: hashlab's ``rss.bpf.o`` from the patched QEMU entry: the socket-filter
   form on the host (it computes hash and report too, then returns the queue), the
   ``BPF_PROG_TYPE_VNET_HASH`` form in the lab VM (``ours-socket`` there is the other);
+  on the ``kfunc`` design's kernel only ``ours-socket`` loads, and there it is the kfunc
+  form: it hands hash and report to ``bpf_skb_set_vnet_hash()`` (which, with no tun
+  under ``BPF_PROG_TEST_RUN``, records nothing and returns ``-EOPNOTSUPP``);
 * ``proto-table`` / ``proto-nibble`` / ``proto-bitwise``: the optimisation's prototype
   (``proto_rss.bpf.c``, the same parse, Toeplitz by per-byte tables / per-nibble
   tables / bit by bit), checked against the oracle before it is timed;
 * ``empty``: a two-instruction socket filter: what ``BPF_PROG_TEST_RUN`` itself costs
   per run (included in every other number);
 * ``floor-bitwise`` / ``floor-table``: a plain C Toeplitz over the same bytes the
-  programs hash, timed with clock_gettime (``floor.c``).
+  programs hash, timed with clock_gettime (``floor.c``);
+* ``floor-parse``: the whole job in plain C (``floor.c --parse``): parse the frame as
+  the spec's rules read it, pick the type, hash by the tables; its hash and report are
+  checked against the oracle.  The true floor of a steering program, net of the
+  harness (``report.PARSE_GOAL``).
 
 Samples are interleaved (every subject once, then again) so that the machine's other
 load hits them alike; the best sample stands for a subject (the median is kept too).
 The lab VM part (TCG: compare it only with itself) runs ``--lab-part`` inside
-``hashlab lab`` and is merged into the host's result.
+``hashlab lab`` and is merged into the host's result; with several designs
+(``--design progtype,kfunc``) one lab VM per design, each its own ``where`` (``lab``
+for the default design, ``lab-<design>`` for the others), and :func:`report.designs`
+sets their forms side by side, each as a ratio to upstream's program on its own kernel.
 """
 
 from __future__ import annotations
@@ -117,12 +127,15 @@ SUBJECTS = [
     Subject("ours", "hashlab's rss.bpf.c (qemu/patches): hash + report + queue, Toeplitz by "
             "36x256 u32 tables in the key map (qemu 0005) (host: socket form; lab: VNET_HASH form)",
             "bpf", True),
-    Subject("ours-socket", "hashlab's rss.bpf.c, socket-filter form (lab only)", "bpf", True),
+    Subject("ours-socket", "hashlab's rss.bpf.c, socket-filter form (lab only; on the kfunc "
+            "kernel it calls bpf_skb_set_vnet_hash())", "bpf", True),
     Subject("proto-table", "prototype: hashlab's rules, Toeplitz by 36x256 u32 tables (36 KiB)", "bpf", True),
     Subject("proto-nibble", "prototype: Toeplitz by 72x16 u32 tables (4.5 KiB)", "bpf", True),
     Subject("proto-bitwise", "prototype: Toeplitz bit by bit (the same parse as proto-table)", "bpf", True),
     Subject("floor-bitwise", "plain C, bit by bit over the hashed bytes only", "c", False),
     Subject("floor-table", "plain C, one table lookup per hashed byte", "c", False),
+    Subject("floor-parse", "plain C, the whole job: parse the frame, pick the type, hash "
+            "by the tables", "c", True),
 ]
 
 
@@ -224,8 +237,11 @@ def environment(where: str) -> dict:
     except OSError:
         pass
     env.update(jit_state())
-    if where == "lab":
+    if where.startswith("lab"):
         env["emulated"] = True
+        from ..host.datapath import running_design
+
+        env["design"] = running_design()
         env["note"] = "lab VM under TCG: compare only within this block"
     return env
 
@@ -286,7 +302,7 @@ def load_subjects(where: str, log=print) -> list[Loaded]:
     loaded.append(Loaded("upstream", "socket", obj, fd, _check("upstream", "socket", fd)))
 
     ours = ours_object()
-    forms = ["vnet_hash", "socket"] if where == "lab" else ["socket"]
+    forms = ["vnet_hash", "socket"] if where.startswith("lab") else ["socket"]
     if ours is None or not ours.is_file():
         log("bench: no patched QEMU entry (hashlab build qemu): skipping 'ours'")
     else:
@@ -368,6 +384,22 @@ def measure_floor(where: str, samples: int, target_ms: float, log=print) -> list
             m["ns_median"] = float(median)
             m["samples"] = [float(best), float(median)]
             out.append(m)
+    for cname, _, frame in CLASSES:  # the whole job, every class (non-ip: parse only)
+        h, r = rss.hash_packet(frame, BENCH_CONFIG.key, BENCH_CONFIG.types, "hashlab-ebpf")
+        iters = max(1000, int(target_ms * 1e6 / 50))
+        res = subprocess.run([str(exe), "--parse", BENCH_CONFIG.key.hex(), frame.hex(),
+                              str(BENCH_CONFIG.types), str(iters), str(samples)],
+                             capture_output=True, text=True)
+        if res.returncode != 0:
+            raise BenchError(f"hashlab-floor --parse failed on {cname}: {res.stderr.strip()}")
+        _, best, median, hx, rep_ = res.stdout.split()
+        if (int(hx, 16), int(rep_)) != (h, r):
+            raise BenchError(f"hashlab-floor --parse gave {hx}/{rep_} for {cname}, "
+                             f"oracle {h:08x}/{r}")
+        m = report.measurement("floor-parse", where, cname, [float(best)], iters, "c")
+        m["ns_median"] = float(median)
+        m["samples"] = [float(best), float(median)]
+        out.append(m)
     log(f"bench: {where} floor: " + ", ".join(f"{m['class']} {m['subject'][6:]} {m['ns_best']:.0f}"
                                              for m in out) + " ns")
     return out
@@ -431,13 +463,18 @@ def run_lab_part(samples: int, target_ms: float, timeout: float = 1800, log=prin
     out = out_dir / f"lab-part-{os.getpid()}.json"
     cmd = datapath.hashlab_argv("bench", "program", "--lab-part", str(out),
                                 "--samples", str(samples), "--target-ms", str(target_ms))
-    log("bench: running the lab part in the lab VM (TCG: a few minutes)")
+    log(f"bench: running the lab part in a lab VM of the {design} design (TCG: a few minutes)")
     res = datapath.run_in_lab(cmd, {}, timeout, log, design=design)
     if res.status != 0 or not out.is_file():
         raise BenchError(f"the lab part failed (status {res.status}); console log: {res.log}")
     data = json.loads(out.read_text())
     out.unlink()
     return data
+
+
+def lab_where(design: str) -> str:
+    """The ``where`` of a lab part: ``lab`` on the default design, else ``lab-<design>``."""
+    return "lab" if design == designs.DEFAULT else f"lab-{design}"
 
 
 def default_output() -> Path:

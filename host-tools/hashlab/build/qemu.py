@@ -54,7 +54,7 @@ from pathlib import Path
 from ..cache import CacheEntry, InputKey, record_build
 from . import steps
 from .steps import run_step
-from ..errors import BuildError, HashlabError, MissingToolError
+from ..errors import BuildError, HashlabError, MissingToolError, UsageError
 from ..paths import QEMU_DIR, cache_root, versions
 
 RECIPE_VERSION = "qemu-recipe-2"
@@ -107,9 +107,37 @@ def log(msg: str) -> None:
 # --------------------------------------------------------------------------- inputs
 
 
-def patch_files(patch_dir: Path = PATCH_DIR) -> list[Path]:
-    """The series, in application order; the cover letter is skipped."""
-    return steps.series_files(patch_dir)
+# The QEMU builds.  "patched": the whole series.  "progtype-only": the series up to its
+# first patch whose subject names the kfunc, i.e. the QEMU a host built before the kfunc
+# design runs: the comparison's mismatched pairing on the kfunc kernel.
+VARIANTS = {"patched": None, "progtype-only": "kfunc"}
+DEFAULT_VARIANT = "patched"
+
+
+def _subject(patch: Path) -> str:
+    """The patch's Subject header, unfolded (format-patch wraps long ones)."""
+    lines = patch.read_text(errors="replace").splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("Subject:"):
+            while i + 1 < len(lines) and lines[i + 1][:1] in (" ", "\t"):
+                i += 1
+                line += " " + lines[i].strip()
+            return line
+    return ""
+
+
+def patch_files(patch_dir: Path = PATCH_DIR, variant: str = DEFAULT_VARIANT) -> list[Path]:
+    """VARIANT's series, in application order; the cover letter is skipped."""
+    if variant not in VARIANTS:
+        raise UsageError(f"unknown QEMU variant {variant!r} (variants: {', '.join(VARIANTS)})")
+    files = steps.series_files(patch_dir)
+    stop = VARIANTS[variant]
+    if stop is None:
+        return files
+    for i, p in enumerate(files):
+        if stop in _subject(p):
+            return files[:i]
+    raise HashlabError(f"QEMU variant {variant}: no patch in {patch_dir} names {stop!r}")
 
 
 def source_version() -> str:
@@ -222,13 +250,14 @@ def toolchain(mode: str) -> BpfToolchain:
     return BpfToolchain("system", None)
 
 
-def input_key(tc: BpfToolchain, dsc: Path) -> InputKey:
-    key = InputKey("qemu")
+def input_key(tc: BpfToolchain, dsc: Path, variant: str = DEFAULT_VARIANT) -> InputKey:
+    patches = patch_files(variant=variant)
+    key = InputKey("qemu" if variant == DEFAULT_VARIANT else f"qemu-{variant}")
     key.add_text("recipe", RECIPE_VERSION)
     key.add_text("source", f"qemu={source_version()}")
     key.add_file(dsc, "source.dsc")
-    key.add_text("series", "\n".join(p.name for p in patch_files()))
-    key.add_files(patch_files(), prefix="patches/")
+    key.add_text("series", "\n".join(p.name for p in patches))
+    key.add_files(patches, prefix="patches/")
     for name, value in tc.key_parts():
         key.add_text(name, value)
     key.add_text("cc", _tool_version(["gcc", "--version"]))
@@ -358,7 +387,8 @@ def build_bpf(src: Path, out: Path, tc: BpfToolchain, logfile: Path) -> dict[str
         "QEMU's RSS eBPF objects as embedded in qemu-system-x86_64 (BTF, no DWARF),\n"
         "both built from tools/ebpf/rss.bpf.c; each holds one program and the same maps:\n"
         "  rss.bpf.o       tun_rss_steering_prog  SEC(\"socket\")  socket filter, returns\n"
-        "                  the queue (request-ebpf id=rss)\n"
+        "                  the queue; calls bpf_skb_set_vnet_hash() (__weak) where the\n"
+        "                  kernel has it (request-ebpf id=rss)\n"
         "  rss_hash.bpf.o  tun_rss_vnet_hash_prog SEC(\"vnet_hash\") BPF_PROG_TYPE_VNET_HASH,\n"
         "                  sets __sk_buff.vnet_hash_value/vnet_hash_report/vnet_rss_queue\n"
         "                  (-DRSS_VNET_HASH; request-ebpf id=rss-hash)\n"
@@ -419,15 +449,16 @@ def configure(src: Path, build: Path, env: dict[str, str], logfile: Path, nice: 
         raise QemuBuildError(f"configure did not enable eBPF support; see {logfile}")
 
 
-def build(e: CacheEntry, tc: BpfToolchain, dsc: Path, nice: int, jobs: int | None) -> Path:
+def build(e: CacheEntry, tc: BpfToolchain, dsc: Path, nice: int, jobs: int | None,
+          variant: str = DEFAULT_VARIANT) -> Path:
     dest = e.path
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
     logfile = dest / "build.log"
     src, bld = dest / "src", dest / "src" / "build"
     t0 = time.monotonic()
-    patches = patch_files()
-    log(f"building {dest} (qemu {source_version()}, {len(patches)} patches, "
+    patches = patch_files(variant=variant)
+    log(f"building {dest} (qemu {source_version()}, {variant}: {len(patches)} patches, "
         f"libbpf from {'kernel entry ' + tc.kernel_entry.name if tc.mode == 'kernel' else 'the system'}); "
         f"log: {logfile}")
     env = _env(dest, tc)
@@ -449,6 +480,7 @@ def build(e: CacheEntry, tc: BpfToolchain, dsc: Path, nice: int, jobs: int | Non
     seconds = round(time.monotonic() - t0, 1)
     meta = {
         "kind": e.ikey.kind,
+        "variant": variant,
         "key": e.ikey.key,
         "inputs": e.ikey.describe(),
         "libbpf": tc.mode,
@@ -466,15 +498,17 @@ def build(e: CacheEntry, tc: BpfToolchain, dsc: Path, nice: int, jobs: int | Non
 
 
 def build_qemu(force: bool = False, progress: bool = True, libbpf: str = "auto",
-               nice: int = 10, jobs: int | None = None) -> Path:
-    """The cache entry of the lab's QEMU for the current inputs, building it if needed."""
+               nice: int = 10, jobs: int | None = None,
+               variant: str = DEFAULT_VARIANT) -> Path:
+    """The cache entry of the lab's QEMU (VARIANTS) for the current inputs, building it
+    if needed."""
     t0 = time.monotonic()
     for tool in ("dpkg-source", "git", "ninja", CLANG, LLVM_STRIP, "pkg-config"):
         if not shutil.which(tool):
             raise MissingToolError(f"{tool} not found")
     tc = toolchain(libbpf)
     dsc = source_package()
-    e = CacheEntry(input_key(tc, dsc))
+    e = CacheEntry(input_key(tc, dsc, variant))
     if e.done and not force:
         if progress:
             log(f"up to date ({time.monotonic() - t0:.1f}s): {e.path}")
@@ -482,10 +516,10 @@ def build_qemu(force: bool = False, progress: bool = True, libbpf: str = "auto",
     with locked(e.path.with_name(e.path.name + ".lock")):
         if e.done and not force:
             return e.path
-        return build(e, tc, dsc, nice, jobs)
+        return build(e, tc, dsc, nice, jobs, variant)
 
 
-def find_qemu_entry(libbpf: str = "auto") -> Path | None:
+def find_qemu_entry(libbpf: str = "auto", variant: str = DEFAULT_VARIANT) -> Path | None:
     """The entry for the current inputs if it is built (never builds anything)."""
     try:
         tc = BpfToolchain("kernel", find_kernel_entry(build=False))
@@ -493,7 +527,7 @@ def find_qemu_entry(libbpf: str = "auto") -> Path | None:
             tc = BpfToolchain("system", None)
         elif tc.kernel_entry is None:
             return None
-        e = CacheEntry(input_key(tc, source_package(download=False)))
+        e = CacheEntry(input_key(tc, source_package(download=False), variant))
     except HashlabError:
         return None
     return e.path if e.done else None
@@ -512,14 +546,16 @@ def _cli(args: argparse.Namespace) -> int:
         print(f"qemu series bisect: {path}: {len(doc['patches'])} patches, "
               f"{len(doc['results'])} builds, all ok ({doc['seconds']:.0f}s)")
         return 0
-    path = build_qemu(force=args.force, libbpf=args.libbpf, nice=args.nice, jobs=args.jobs)
+    path = build_qemu(force=args.force, libbpf=args.libbpf, nice=args.nice, jobs=args.jobs,
+                      variant=args.variant)
     if args.print_path:
         print(path)
     else:
         meta = json.loads((path / ".done").read_text())
-        print(f"qemu: {path}")
+        print(f"qemu ({args.variant}): {path}")
         print(f"  binary   {path / 'bin' / 'qemu-system-x86_64'}")
-        print(f"  bpf      {path / 'bpf' / 'rss.bpf.o'}  (socket filter), rss_hash.bpf.o (VNET_HASH)")
+        print(f"  bpf      {path / 'bpf' / 'rss.bpf.o'}  (socket filter, kfunc where the "
+              "kernel has it), rss_hash.bpf.o (VNET_HASH)")
         print(f"  build    {path / 'build'}  (meson build tree, for qtests)")
         print(f"  libbpf   {meta.get('libbpf')} {meta.get('kernel_entry') or ''}".rstrip())
         print(f"  built in {meta.get('build_seconds')}s")
@@ -539,6 +575,9 @@ def register_build(sub) -> None:
     p.add_argument("--bisect", action="store_true",
                    help="check that QEMU builds at every patch of the series (committed "
                    "skeletons, nothing regenerated; cached by the series)")
+    p.add_argument("--variant", choices=tuple(VARIANTS), default=DEFAULT_VARIANT,
+                   help="patched: the whole series (default); progtype-only: the series "
+                   "before the kfunc patch, as a host built before it runs")
     p.add_argument("--libbpf", choices=("auto", "kernel", "system"), default="auto",
                    help="UAPI headers/libbpf/bpftool from the kernel entry (kernel; built if "
                    "needed), from Debian (system), or kernel if built else system (auto)")

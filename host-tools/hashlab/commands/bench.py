@@ -36,9 +36,11 @@ def register(sub) -> None:
     )
     pp.add_argument("--lab", choices=("auto", "yes", "no"), default="auto",
                     help="also measure inside the lab VM (auto: when the lab kernel is built)")
-    pp.add_argument("--design", choices=designs.NAMES, default=designs.DEFAULT, metavar="NAME",
-                    help=f"the lab VM boots this design's kernel: {', '.join(designs.NAMES)} "
-                    f"(default {designs.DEFAULT})")
+    pp.add_argument("--design", type=_design_list, default=[designs.DEFAULT],
+                    metavar="NAME[,NAME...]",
+                    help=f"one lab VM per design, each booting its kernel: "
+                    f"{', '.join(designs.NAMES)} (default {designs.DEFAULT}); e.g. "
+                    "progtype,kfunc sets their forms side by side")
     pp.add_argument("--samples", type=int, default=7, help="samples per subject and class (default 7)")
     pp.add_argument("--target-ms", type=float, default=50.0,
                     help="approximate length of one sample in ms (sets repeat; default 50)")
@@ -95,6 +97,16 @@ def register(sub) -> None:
     tp.set_defaults(func=_turnaround)
 
 
+def _design_list(text: str) -> list[str]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    for n in names:
+        if n not in designs.NAMES:
+            raise argparse.ArgumentTypeError(f"unknown design {n!r} ({', '.join(designs.NAMES)})")
+    if not names or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError("a comma-separated list of distinct designs")
+    return names
+
+
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -105,18 +117,22 @@ def _program(args) -> int:
     if args.samples < 1 or args.samples > 64:
         raise HashlabError("--samples must be 1..64")
     if args.lab_part is not None:  # inside the lab VM, called by the host's run
-        part = program.run_part("lab", args.samples, args.target_ms, _log)
+        from ..host.datapath import running_design
+
+        part = program.run_part(program.lab_where(running_design()), args.samples,
+                                args.target_ms, _log)
         report.write(part, args.lab_part)
         return 0
     built = program.prebuild()
     _log("bench: built " + ", ".join(f"{k} {v}" for k, v in built.items()))
     result = program.run_part("host", args.samples, args.target_ms, _log)
     if args.lab != "no":
-        lab_part = program.run_lab_part(args.samples, args.target_ms, log=_log,
-                                        design=args.design)
-        if lab_part is None and args.lab == "yes":
-            raise HashlabError("--lab yes: the lab VM cannot run (see above)")
-        result = report.merge(result, lab_part)
+        for design in args.design:
+            lab_part = program.run_lab_part(args.samples, args.target_ms, log=_log,
+                                            design=design)
+            if lab_part is None and args.lab == "yes":
+                raise HashlabError(f"--lab yes: the {design} lab VM cannot run (see above)")
+            result = report.merge(result, lab_part)
     report.finish(result)
     out = report.write(result, args.out or program.default_output())
     if args.json:

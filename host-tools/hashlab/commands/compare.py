@@ -21,10 +21,12 @@ def register(sub):
         description="Run the base scenario (default scenarios/software-rss.yaml) on each "
         "datapath row: stock and patched QEMU, vhost on and off, on this machine's kernel "
         "(host rows, TCG) and in the lab VM (lab rows, KVM, on the kernel of the row's "
-        "design: progtype with the series, stock without; one lab VM boot per design).  "
+        "design: progtype or kfunc with their series, stock without; one lab VM boot per "
+        "design).  "
         "Every frame is judged against the spec for the "
         "table, and against the row's own model for its verdict.  Rows that cannot run say "
-        "why.  Writes OUT/compare.json, OUT/report.md and OUT/report.html (per-queue "
+        "why.  Writes OUT/compare.json, OUT/designs.json (a flat object per row), OUT/report.md "
+        "and OUT/report.html (per-queue "
         "distribution plots) and each row's results under OUT/<row>/.  Exit status 1 when a "
         "row that ran did not behave as expected or failed to run; with --require-all, 11 "
         f"when a row did not run (not built, not supported here).  Rows: {rows_help}.",
@@ -66,6 +68,7 @@ def _run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(text)
+    (out / "designs.json").write_text(json.dumps(M.designs_json(results), indent=1) + "\n")
     if not args.quiet_table:
         print(M.render_table(results))
         print()

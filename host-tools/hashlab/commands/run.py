@@ -79,7 +79,7 @@ def _run(args) -> int:
             kernels = {args.kernel or sc.guest.kernel for _, sc in lab_scs}
             prep, env = datapath.prepare_lab(kernels, {sc.corpus.seed for _, sc in lab_scs},
                                           _prep_dir(args),
-                                          any(sc.datapath.qemu == "patched" for _, sc in lab_scs))
+                                          {sc.datapath.qemu for _, sc in lab_scs})
         except HashlabError as e:
             print(f"hashlab run: cannot run {', '.join(sc.name for _, sc in lab_scs)} in the "
                   f"lab VM: {e}", file=sys.stderr)

@@ -182,6 +182,8 @@ class Libbpf:
             "bpf_map_get_fd_by_id": (ci, [ctypes.c_uint32]),
             "bpf_map_get_info_by_fd": (ci, [ci, vp, ctypes.POINTER(ctypes.c_uint32)]),
             "bpf_prog_test_run_opts": (ci, [ci, ctypes.POINTER(_TestRunOpts)]),
+            "bpf_program__attach": (vp, [vp]),
+            "bpf_link__destroy": (ci, [vp]),
             "libbpf_set_print": (vp, [_PRINT_FN]),
             "libbpf_major_version": (ctypes.c_uint32, []),
             "libbpf_minor_version": (ctypes.c_uint32, []),
@@ -249,6 +251,15 @@ class Program:
     def fd(self) -> int:
         return self.obj.lib.lib.bpf_program__fd(self.ptr)
 
+    def attach(self) -> "Link":
+        """Attach the loaded program as its section says (kprobe/FUNC, ...)."""
+        ctypes.set_errno(0)
+        link = self.obj.lib.lib.bpf_program__attach(self.ptr)
+        if not link:
+            raise BpfError(f"attach {self.name}", ctypes.get_errno() or errno.EINVAL,
+                           self.obj.lib.take_log())
+        return Link(self.obj.lib, link, self.name)
+
     def test_run(
         self,
         data: bytes,
@@ -294,6 +305,24 @@ class Program:
             ctx_size_out=opts.ctx_size_out,
             data_out=dout.raw[: opts.data_size_out] if data_out_size else b"",
         )
+
+
+class Link:
+    """A ``struct bpf_link``: the attachment lasts until ``destroy()`` (or ``with``)."""
+
+    def __init__(self, lib: Libbpf, ptr: int, name: str):
+        self.lib, self.ptr, self.name = lib, ptr, name
+
+    def destroy(self) -> None:
+        if self.ptr:
+            self.lib.lib.bpf_link__destroy(self.ptr)
+            self.ptr = None
+
+    def __enter__(self) -> "Link":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.destroy()
 
 
 class Map:

@@ -27,6 +27,9 @@ from ..paths import REPO, cache_root
 LAB_ENV = ("HASHLAB_LAB_KERNEL", "HASHLAB_IN_LAB")
 LAB_DESIGN_ENV = "HASHLAB_LAB_DESIGN"  # the design the lab VM booted (lab.run(design=))
 PATCHED_QEMU_ENV = "HASHLAB_PATCHED_QEMU"  # override: a qemu-system-x86_64 to use as "patched"
+# The patched QEMU's builds (hashlab.build.qemu.VARIANTS) a datapath can name, and the
+# environment variable that overrides each (the lab VM gets them from the host).
+QEMU_VARIANT_ENV = {"patched": PATCHED_QEMU_ENV, "progtype-only": "HASHLAB_PROGTYPE_ONLY_QEMU"}
 PREP_ENV = "HASHLAB_LAB_PREP"  # JSON the host wrote for the lab VM (see prepare_lab)
 LAB_CPUS = 2  # vCPUs of the lab VM for hashlab's own runs (HASHLAB_LAB_CPUS overrides)
 
@@ -36,15 +39,15 @@ def in_lab() -> bool:
     return any(os.environ.get(k) for k in LAB_ENV)
 
 
-def patched_qemu_entry() -> Path | None:
-    """The cache entry of the patched QEMU for the current inputs, if it is built."""
+def patched_qemu_entry(variant: str = "patched") -> Path | None:
+    """The cache entry of the patched QEMU's VARIANT for the current inputs, if built."""
     try:
         from ..build import qemu as qb
     except ImportError:
         return None
     for mode in ("auto", "kernel", "system"):
         try:
-            e = qb.find_qemu_entry(mode)
+            e = qb.find_qemu_entry(mode, variant)
         except Exception:  # a half-written source tree must not break scenario runs
             e = None
         if e is not None and (Path(e) / "bin" / "qemu-system-x86_64").is_file():
@@ -52,17 +55,20 @@ def patched_qemu_entry() -> Path | None:
     return None
 
 
-def patched_qemu() -> Path:
-    """The patched qemu-system-x86_64; MissingToolError("not built ...") when absent."""
-    env = os.environ.get(PATCHED_QEMU_ENV)
+def patched_qemu(variant: str = "patched") -> Path:
+    """The patched qemu-system-x86_64 (VARIANT: QEMU_VARIANT_ENV); MissingToolError("not
+    built ...") when absent."""
+    var = QEMU_VARIANT_ENV[variant]
+    env = os.environ.get(var)
     if env:
         if not Path(env).is_file():
-            raise MissingToolError(f"{PATCHED_QEMU_ENV}={env} does not exist")
+            raise MissingToolError(f"{var}={env} does not exist")
         return Path(env)
-    e = patched_qemu_entry()
+    e = patched_qemu_entry(variant)
     if e is None:
-        raise MissingToolError("the patched QEMU is not built: run scripts/build-qemu "
-                               "(= hashlab build qemu)")
+        opt = "" if variant == "patched" else f" --variant {variant}"
+        raise MissingToolError(f"the patched QEMU ({variant}) is not built: run "
+                               f"scripts/build-qemu{opt} (= hashlab build qemu{opt})")
     return e / "bin" / "qemu-system-x86_64"
 
 
@@ -95,11 +101,13 @@ def kernel_not_built(design: str = designs.DEFAULT) -> str:
 def running_design() -> str:
     """The design of the kernel running here: what the lab VM was booted as, else (a
     kernel booted without naming one, or the host's own) by probing it: the RFC's
-    program type loads on ``progtype`` only."""
+    program type loads on ``progtype`` only, the kfunc is in ``kfunc``'s BTF only."""
     name = os.environ.get(LAB_DESIGN_ENV)
     if name in designs.BY_NAME:
         return name
-    return "progtype" if kernel_has_series() else designs.CONTROL
+    if kernel_has_prog_type():
+        return "progtype"
+    return "kfunc" if kernel_has_kfunc() else designs.CONTROL
 
 
 def prep() -> dict:
@@ -128,6 +136,20 @@ def qemu_version(binary: str | Path) -> str:
 
 
 def kernel_has_series() -> bool:
+    """Does the running kernel have a design's series (progtype or kfunc)?"""
+    return kernel_has_prog_type() or kernel_has_kfunc()
+
+
+def kernel_has_kfunc() -> bool:
+    """Does the running kernel's BTF have the kfunc design's bpf_skb_set_vnet_hash()?"""
+    try:
+        btf = Path("/sys/kernel/btf/vmlinux").read_bytes()
+    except OSError:
+        return False
+    return b"\0bpf_skb_set_vnet_hash\0" in btf  # a name in BTF's string section
+
+
+def kernel_has_prog_type() -> bool:
     """Does the running kernel load BPF_PROG_TYPE_VNET_HASH programs (the RFC series)?"""
     from ..uapi import linux as L
 
@@ -158,11 +180,11 @@ def qemu_label(kind: str) -> str:
     """'stock 10.0.2' / 'patched 10.0.13' for tables."""
     if kind == "stock":
         return f"stock {qemu_version(HOST_QEMU)}"
-    if kind == "patched":
+    if kind in QEMU_VARIANT_ENV:
         try:
-            return f"patched {qemu_version(patched_qemu())}"
+            return f"{kind} {qemu_version(patched_qemu(kind))}"
         except MissingToolError:
-            return "patched (not built)"
+            return f"{kind} (not built)"
     return kind
 
 
@@ -203,7 +225,7 @@ def corpus(seed: int):
 
 
 def prepare_lab(guest_kernels: set[str], seeds: set[int], out: Path,
-                need_patched: bool) -> tuple[Path, dict[str, str]]:
+                qemus: set[str] | bool) -> tuple[Path, dict[str, str]]:
     """Build (cached) what lab runs need and write the prep JSON; returns its path and
     the environment for lab.run.  Raises MissingToolError for what is not built."""
     from ..build.guest import build_guest
@@ -215,10 +237,13 @@ def prepare_lab(guest_kernels: set[str], seeds: set[int], out: Path,
         corpus(seed)
     versions = {HOST_QEMU: qemu_version(HOST_QEMU)}
     env = {"HASHLAB_IN_LAB": "1"}
-    if need_patched:
-        pq = patched_qemu()
+    # QEMUS: the patched builds the runs name (True: "patched"; stock is always there)
+    if isinstance(qemus, bool):
+        qemus = {"patched"} if qemus else set()
+    for variant in sorted(set(qemus) & set(QEMU_VARIANT_ENV)):
+        pq = patched_qemu(variant)
         versions[str(pq)] = qemu_version(pq)
-        env[PATCHED_QEMU_ENV] = str(pq)
+        env[QEMU_VARIANT_ENV[variant]] = str(pq)
     doc = {"guest_images": images, "qemu_versions": versions}
     out.mkdir(parents=True, exist_ok=True)
     path = out / "lab-prep.json"

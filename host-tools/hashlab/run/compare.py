@@ -73,7 +73,8 @@ class Row:
         """For the table when the row does not run."""
         if self.design is None:
             return "host (no series)"
-        return "lab (series)" if designs.get(self.design).series else "lab without the series"
+        d = designs.get(self.design)
+        return f"lab ({d.name} series)" if d.series else "lab without the series"
 
 
 ROWS: tuple[Row, ...] = (
@@ -108,6 +109,31 @@ ROWS: tuple[Row, ...] = (
         {"rss_negotiated": True, "hash_report_negotiated": False},
         # auto: QEMU starts without hash reports and says why (on would refuse to start)
         device={"vhost-hash-report": "auto"}),
+    # The kfunc design: the same patched QEMU; its socket filter calls the kfunc here.
+    Row("lab-stock-vhost-kfunc", "stock QEMU + kfunc vhost_net (vhost=on)", "stock", True,
+        "lab", "kfunc", "as on the stock kernel: no HASH_REPORT, eBPF steering", "qemu-ebpf",
+        {"rss_negotiated": True, "hash_report_negotiated": False},
+        baseline="lab-stock-vhost-stock-kernel"),
+    Row("lab-patched-kfunc", "patched QEMU, kfunc hash via tap (vhost=off)", "patched", False,
+        "lab", "kfunc", "spec", "spec",
+        {"rss_negotiated": True, "hash_report_negotiated": True}),
+    Row("lab-patched-vhost-kfunc", "patched QEMU, kfunc hash via vhost_net (vhost=on)",
+        "patched", True, "lab", "kfunc", "spec", "spec",
+        {"rss_negotiated": True, "hash_report_negotiated": True},
+        baseline="lab-patched-vhost-stock-kernel"),
+    # Mismatched: a QEMU built before the kfunc patch on the kfunc kernel.  Its loader
+    # finds no BPF_PROG_TYPE_VNET_HASH and its socket filter does not call the kfunc:
+    # with vhost, no hash reports (auto: it says why) but eBPF steering; without, QEMU
+    # hashes in software as upstream does.
+    Row("lab-progtype-qemu-vhost-kfunc", "progtype-only QEMU + kfunc vhost_net (vhost=on)",
+        "progtype-only", True, "lab", "kfunc",
+        "no HASH_REPORT (its program cannot report here), eBPF steering", "spec",
+        {"rss_negotiated": True, "hash_report_negotiated": False},
+        device={"vhost-hash-report": "auto"}),
+    Row("lab-progtype-qemu-kfunc", "progtype-only QEMU, kfunc kernel (vhost=off)",
+        "progtype-only", False, "lab", "kfunc", "software fallback, as upstream",
+        "qemu-software", {"rss_negotiated": True, "hash_report_negotiated": True},
+        keep_pins=True),
 )
 ROW_IDS = tuple(r.id for r in ROWS)
 ROWS_BY_ID = {r.id: r for r in ROWS}
@@ -207,7 +233,7 @@ def row_result_from_run(row: Row, res, seconds: float) -> RowResult:
         id=row.id, datapath=row.datapath, status=RAN, design=row.design,
         qemu=f"{dp.qemu} {dp.qemu_version}",
         kernel=f"{'lab' if dp.where == 'lab' else 'host'} {dp.host_kernel} "
-               f"({'series' if dp.kernel_has_series else 'no series'})",
+               f"({(dp.design or '') + ' series' if dp.kernel_has_series else 'no series'})",
         where=dp.where, vhost=row.vhost, model=row.model,
         hash_report_offered=q.offered.get("HASH_REPORT"),
         hash_report_negotiated=q.negotiated.get("HASH_REPORT"),
@@ -273,11 +299,11 @@ def availability(row: Row, here_is_lab: bool) -> tuple[str, str] | None:
         running = datapath.running_design()
         if running != row.design:
             return NOT_SUPPORTED, f"this lab VM runs the {running} kernel, not {row.design}"
-    if row.qemu == "patched":
+    if row.qemu != "stock":
         try:
-            datapath.patched_qemu()
-        except MissingToolError:
-            return NOT_BUILT, "the patched QEMU is not built (scripts/build-qemu)"
+            datapath.patched_qemu(row.qemu)
+        except MissingToolError as e:
+            return NOT_BUILT, str(e)
     if row.where == "lab" and not here_is_lab:
         if datapath.lab_kernel_path(row.design) is None:
             return NOT_BUILT, datapath.kernel_not_built(row.design)
@@ -291,7 +317,7 @@ def availability(row: Row, here_is_lab: bool) -> tuple[str, str] | None:
 def placeholder(row: Row, status: str, reason: str) -> RowResult:
     return RowResult(id=row.id, datapath=row.datapath, status=status, reason=reason,
                      qemu=datapath.qemu_label(row.qemu) if row.qemu == "stock" else
-                     ("patched" if status == NOT_BUILT and "QEMU" in reason
+                     (row.qemu if status == NOT_BUILT and "QEMU" in reason
                       else datapath.qemu_label(row.qemu)),
                      kernel=row.kernel, design=row.design, where=row.where, vhost=row.vhost,
                      model=row.model)
@@ -384,7 +410,7 @@ def _lab_part(runnable: list[Row], design: designs.Design, out: Path, base: dict
         scs = [row_scenario(r, base, guest_kernel) for r in runnable]
         _, env = datapath.prepare_lab({sc.guest.kernel for sc in scs},
                                       {sc.corpus.seed for sc in scs}, out,
-                                      any(r.qemu == "patched" for r in runnable))
+                                      {r.qemu for r in runnable})
     except HashlabError as e:
         return [placeholder(r, NOT_BUILT, f"preparing the lab run: {e}") for r in runnable]
     argv = lab_argv(runnable, json_out, out, base_path, guest_kernel)

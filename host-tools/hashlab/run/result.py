@@ -298,8 +298,9 @@ class RunResult:
         if dp:
             lines.append(f"  datapath: QEMU {dp.qemu} ({dp.qemu_version}), vhost "
                          f"{'on' if dp.vhost else 'off'}, {dp.accel} on "
-                         f"{dp.host_kernel} ({'with' if dp.kernel_has_series else 'without'}"
-                         f" the VNET_HASH series), where {dp.where}")
+                         f"{dp.host_kernel} ("
+                         f"{(dp.design or 'a') + ' series' if dp.kernel_has_series else 'no series'}"
+                         f"), where {dp.where}")
         for name, fail in self.checks:
             lines.append(f"  [{'ok' if fail is None else 'FAIL'}] {name}"
                          + ("" if fail is None else f": {fail}"))

@@ -119,7 +119,8 @@ class GuestSpec:
         return rss.parse_key(k)
 
 
-QEMU_KINDS = ("stock", "patched")  # plus "host" (= stock) and paths
+# plus "host" (= stock) and paths; progtype-only: the patched QEMU before its kfunc patch
+QEMU_KINDS = ("stock", "patched", "progtype-only")
 WHERE = ("host", "lab")
 ACCELS = ("auto", "kvm", "tcg")
 QUEUE_MODELS = ("auto", "table", "hash", "any")
@@ -128,7 +129,7 @@ HASH_MODELS = ("oracle", "none")
 
 @dataclass
 class DatapathSpec:
-    qemu: str = "stock"  # stock | patched | a path ("host" is read as stock)
+    qemu: str = "stock"  # stock | patched | progtype-only | a path ("host" is stock)
     queues: int = 2
     netdev: dict[str, str] = field(default_factory=lambda: {"vhost": "off"})
     device: dict[str, str] = field(default_factory=lambda: {"mq": "on", "rss": "on", "hash": "on"})
@@ -143,7 +144,7 @@ class DatapathSpec:
 
     @property
     def qemu_kind(self) -> str:
-        """stock, patched, or custom (a path)."""
+        """stock, patched, progtype-only, or custom (a path)."""
         return self.qemu if self.qemu in QEMU_KINDS else "custom"
 
     @property
@@ -151,11 +152,16 @@ class DatapathSpec:
         """The QEMU to run; for ``patched`` the cached build (MissingToolError if not built)."""
         if self.qemu == "stock":
             return HOST_QEMU
-        if self.qemu == "patched":
+        if self.qemu in ("patched", "progtype-only"):
             from ..host.datapath import patched_qemu
 
-            return str(patched_qemu())
+            return str(patched_qemu(self.qemu))
         return self.qemu
+
+    @property
+    def patched(self) -> bool:
+        """One of the patched QEMU's builds (with the vhost-hash-report property)."""
+        return self.qemu in ("patched", "progtype-only")
 
     def resolved_accel(self, in_lab: bool) -> str:
         if self.accel != "auto":
@@ -170,6 +176,8 @@ class DatapathSpec:
             return self.behaviour
         if self.qemu == "patched":
             return designs.get(running).behaviour
+        if self.qemu == "progtype-only":  # its eBPF program hashes on progtype alone
+            return "spec" if designs.get(running).name == "progtype" else "qemu-software"
         return "qemu-software"
 
 
@@ -360,7 +368,7 @@ def parse_scenario(data: Any, where: str = "<scenario>", path: Path | None = Non
         v.fail("datapath.device.mq", "must be on with more than one queue")
     # The lab's QEMU asks for hash reports with vhost, and refuses to start when the host
     # cannot give them (qemu/patches: vhost-hash-report, off unless asked for).
-    if d.qemu == "patched" and d.netdev.get("vhost") == "on" and d.device.get("hash") == "on":
+    if d.patched and d.netdev.get("vhost") == "on" and d.device.get("hash") == "on":
         d.device.setdefault("vhost-hash-report", "on")
     if "behaviour" in dp:
         d.behaviour = v.typed("datapath.behaviour", dp["behaviour"], str, "a string")
