@@ -118,6 +118,20 @@ def test_datapath_ratios_and_table():
     json.dumps(res)
 
 
+def test_datapath_other_designs_side_by_side():
+    """--design progtype,kfunc: the eBPF rows again on kfunc's kernel, each against the
+    same row on the first design (host CPU per frame, right fps)."""
+    rows = [bd.row_from_results(n, label, _results(n, 1000.0)) for n, label in bd.ROWS]
+    k = _results("bench-ebpf-vhost", 800.0)
+    k["load"]["median"]["cpu_us_per_frame_vhost"] = 7.0  # 8 us/frame vs 6
+    rows.append(bd.row_from_results("bench-ebpf-vhost@kfunc", "x [kfunc]", k))
+    res = bd.summarize(rows, {"design": "progtype", "designs": ["progtype", "kfunc"]})
+    got = res["findings"]["other_designs"]["kfunc"]["bench-ebpf-vhost"]
+    assert got == {"right_fps_vs_first": 0.8, "host_cpu_vs_first": pytest.approx(1.33),
+                   "host_cpu_us_per_frame": 8.0}
+    assert "bench-ebpf-vhost on kfunc vs on progtype: host CPU per frame 1.33x" in bd.table(res)
+
+
 def test_datapath_wrong_records_or_missing_rows_fail_the_bench():
     rows = [bd.row_from_results(n, label, _results(n, 100.0, wrong=n == "bench-ebpf-tap"))
             for n, label in bd.ROWS]

@@ -41,6 +41,9 @@ ROWS = (
 BASELINE = "bench-software"
 OURS = "bench-ebpf-vhost"
 REFERENCE = "bench-stock-vhost"  # today's fast path, without hashes
+# With several designs (--design progtype,kfunc) the first runs every row, the others
+# the rows whose program depends on the kernel's design, named "<scenario>@<design>".
+DESIGN_ROWS = ("bench-ebpf-tap", "bench-ebpf-vhost")
 
 
 class BenchError(HashlabError):
@@ -136,6 +139,16 @@ def summarize(rows: list[dict], meta: dict | None = None) -> dict:
     for r in rows:
         r["ratio_vs_software"] = _ratio(r.get("right_fps"), base)
     ours, ref = by.get(OURS, {}), by.get(REFERENCE, {})
+    others = {}
+    for r in rows:
+        name, _, design = r["scenario"].partition("@")
+        if design:  # the same datapath on another design's kernel, vs the first's
+            first = by.get(name, {})
+            others.setdefault(design, {})[name] = {
+                "right_fps_vs_first": _ratio(r.get("right_fps"), first.get("right_fps")),
+                "host_cpu_vs_first": _ratio(r.get("host_cpu_us_per_frame"),
+                                            first.get("host_cpu_us_per_frame")),
+                "host_cpu_us_per_frame": r.get("host_cpu_us_per_frame")}
     findings = {
         "vhost_ebpf_vs_software": _ratio(ours.get("right_fps"), base),
         "tap_ebpf_vs_software": _ratio(by.get("bench-ebpf-tap", {}).get("right_fps"), base),
@@ -147,6 +160,7 @@ def summarize(rows: list[dict], meta: dict | None = None) -> dict:
                                                   ours.get("host_cpu_us_per_frame")),
         "host_cpu_vhost_with_vs_without_hashes": _ratio(ours.get("host_cpu_us_per_frame"),
                                                         ref.get("host_cpu_us_per_frame")),
+        "other_designs": others,
     }
     wrong = sum(r.get("wrong", 0) for r in rows)
     return {"kind": KIND, "version": VERSION, **(meta or {}), "rows": rows,
@@ -194,6 +208,12 @@ def table(result: dict) -> str:
                f"eBPF + vhost_net: {_f(f['host_cpu_software_vs_vhost_ebpf'], '{:.2f}x')}; "
                f"vhost_net with vs without hash reports: "
                f"{_f(f['host_cpu_vhost_with_vs_without_hashes'], '{:.2f}x')}")
+    first = (result.get("designs") or [result.get("design")])[0]
+    for design, per in f.get("other_designs", {}).items():
+        for name, v in per.items():
+            out.append(f"{name} on {design} vs on {first}: host CPU per frame "
+                       f"{_f(v['host_cpu_vs_first'], '{:.2f}x')}, right fps "
+                       f"{_f(v['right_fps_vs_first'], '{:.2f}x')}")
     out.append(f"wrong hash/class/queue under load: {result['wrong_records']} records")
     if any(r.get("sender_bound_rounds") for r in result["rows"] if r.get("ran")):
         out.append("* delivered >= 90% of offered: the datapath kept up with the offered rate "
@@ -210,9 +230,12 @@ def table(result: dict) -> str:
 
 
 def run(frames: int | None, rounds: int | None, rate: int | None, out_dir: Path,
-        timeout: float, log=print, attempts: int = 3, design: str = designs.DEFAULT) -> dict:
+        timeout: float, log=print, attempts: int = 3,
+        design: str | list[str] = designs.DEFAULT) -> dict:
     """Run the rows, each in its own lab VM boot of DESIGN's kernel (whatever design the
-    scenarios name: the bench measures one kernel); returns the summarized result.
+    scenarios name: the bench measures the kernels it is told); returns the summarized
+    result.  With several designs, the first runs every row and the others DESIGN_ROWS
+    (``<scenario>@<design>``), the same frames on each.
 
     One boot per row: the lab kernel runs under TCG's emulated SVM, which now and then
     crashes the lab kernel itself under sustained guest traffic (stock QEMU with vhost=off
@@ -229,24 +252,29 @@ def run(frames: int | None, rounds: int | None, rate: int | None, out_dir: Path,
     _, env = datapath.prepare_lab({s.guest.kernel for s in scs}, {s.corpus.seed for s in scs},
                                   out_dir, True)
     out_dir = out_dir.resolve()
-    argv = datapath.hashlab_argv("run", "--here", "--out-parent", str(out_dir))
+    argv = datapath.hashlab_argv("run", "--here")
     if frames is not None:
         argv += ["--load-frames", str(frames)]
     if rounds is not None:
         argv += ["--load-rounds", str(rounds)]
     if rate is not None:
         argv += ["--load-rate", str(rate)]
+    wanted = [design] if isinstance(design, str) else list(design)
+    plan = [(name, label, path, wanted[0]) for (name, label), path in zip(ROWS, paths)]
+    for d in wanted[1:]:
+        plan += [(f"{name}@{d}", f"{label} [{d}]", path, d)
+                 for (name, label), path in zip(ROWS, paths) if name in DESIGN_ROWS]
     rows, lab_seconds = [], 0.0
-    for (name, label), path in zip(ROWS, paths):
+    for name, label, path, row_design in plan:
         results = out_dir / name / "results.json"
         failures = []
         for attempt in range(1, attempts + 1):
             results.unlink(missing_ok=True)  # never read a previous run's results
             log(f"bench: {name}: booting the lab VM (attempt {attempt})")
             try:
-                res = datapath.run_in_lab(argv + [str(path)], env, timeout, log,
-                                          design=design, writes=[out_dir / name],
-                                          reads=[path])
+                res = datapath.run_in_lab(argv + ["--out", str(out_dir / name), str(path)],
+                                          env, timeout, log, design=row_design,
+                                          writes=[out_dir / name], reads=[path])
             except HashlabError as e:  # the lab VM panicked, hung or died
                 failures.append({"attempt": attempt, "error": str(e).splitlines()[0],
                                  "log": str(getattr(e, "log", ""))})
@@ -264,8 +292,9 @@ def run(frames: int | None, rounds: int | None, rate: int | None, out_dir: Path,
             retries.record("lab", f"{name}: {lost}")
         doc = json.loads(results.read_text()) if results.is_file() else None
         row = row_from_results(name, label, doc)
+        row["design"] = row_design
         row["lab_failures"] = failures
         rows.append(row)
     meta = {"lab_seconds": round(lab_seconds, 1), "results_dir": str(out_dir),
-            "design": design}
+            "design": wanted[0], "designs": wanted}
     return summarize(rows, meta)

@@ -62,9 +62,11 @@ def register(sub) -> None:
         "peak memory; writes JSON (default results/bench/datapath.json).  Exit status 1 "
         "when a row fails or any record under load is wrong.",
     )
-    dp.add_argument("--design", choices=designs.NAMES, default=designs.DEFAULT, metavar="NAME",
+    dp.add_argument("--design", type=_design_list, default=[designs.DEFAULT],
+                    metavar="NAME[,NAME...]",
                     help=f"the lab VM boots this design's kernel for every row: "
-                    f"{', '.join(designs.NAMES)} (default {designs.DEFAULT})")
+                    f"{', '.join(designs.NAMES)} (default {designs.DEFAULT}); with several, "
+                    "the first runs every row and the others the eBPF rows, side by side")
     dp.add_argument("--frames", type=int, default=None,
                     help="frames per round (default: the scenarios', 10000)")
     dp.add_argument("--rounds", type=int, default=None,
