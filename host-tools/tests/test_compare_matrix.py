@@ -208,6 +208,13 @@ def test_designs_json_is_flat_and_numeric(frames):
     assert b["design"] == "kfunc" and b["status"] == M.NOT_BUILT and b["frames"] == 0
     assert b["reason"] == "no kernel" and b["ok"] is False
     json.dumps(doc)  # plain JSON
+    # a guest that gets no hashes has none right, whatever the vacuous count says
+    blind = C.row_result_from_run(ROW, fake_run(frames, observe(frames, conf), conf,
+                                                hash_report=False, check_hash=False,
+                                                where="lab", series=True), 40.0)
+    (c,) = M.designs_json([blind])
+    assert c["hashes_checked"] is False and c["hashes_right"] == 0
+    assert c["queues_right"] == len(frames)
 
 
 def test_perfect_spec_device(frames):

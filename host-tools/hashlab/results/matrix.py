@@ -61,18 +61,20 @@ def designs_json(rows: list[RowResult]) -> list[dict]:
     """``designs.json``: one flat object per row, numbers as numbers, for comparing the
     designs (``design``: the lab kernel's, "host" for the host's own kernel).  Counts are
     over the frames the guest saw, judged against the spec: hash value and type class
-    right; queue right among the frames whose queue the spec decides."""
+    right; queue right among the frames whose queue the spec decides.  A row whose guest
+    gets no hashes (``hashes_checked`` false) has 0 hashes right, not the vacuous count."""
     out = []
     for r in rows:
         s = r.spec or {}
+        checked = bool(s.get("check_hash"))
         out.append({
             "row": r.id, "design": r.design or "host", "qemu": r.qemu, "kernel": r.kernel,
             "vhost": r.vhost, "status": r.status, "ok": bool(r.ok) and r.status == RAN,
             "hash_report_negotiated": bool(r.hash_report_negotiated),
             "rss_negotiated": bool(r.rss_negotiated),
             "frames": int(s.get("seen", 0)), "sent": int(s.get("sent", 0)),
-            "hashes_checked": bool(s.get("check_hash")),
-            "hashes_right": int(s.get("hash_right", 0)),
+            "hashes_checked": checked,
+            "hashes_right": int(s.get("hash_right", 0)) if checked else 0,
             "queues_checked": int(s.get("queue_checked", 0)),
             "queues_right": int(s.get("queue_right", 0)),
             "mismatches": int(s.get("mismatch", 0)),
