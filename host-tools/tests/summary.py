@@ -49,7 +49,7 @@ def compare_ids(tier: str, ids: list[str], results: Path) -> str:
     cache = Path(os.environ.get("HASHLAB_CACHE", "/var/cache/hashlab")) / "test-ids"
     prev_path = cache / f"{tier}.txt"
     try:
-        prev = set(prev_path.read_text().split())
+        prev = set(prev_path.read_text().splitlines())  # ids may hold spaces
     except OSError:
         prev = None
     try:
