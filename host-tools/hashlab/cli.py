@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-from .errors import HashlabError
+from .errors import HashlabError, Terminated, raise_on_termination
 
 # Module (relative to the package) -> what it provides.  Order is the help order.
 COMMAND_MODULES = [
@@ -41,11 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    raise_on_termination()
     try:
         return int(args.func(args) or 0)
     except HashlabError as e:
         print(f"hashlab: error: {e}", file=sys.stderr)
         return e.exit_status
+    except Terminated as e:
+        print(f"hashlab: terminated by signal {e.signum}; VMs and taps cleaned up",
+              file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("hashlab: interrupted", file=sys.stderr)
         return 130

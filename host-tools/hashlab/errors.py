@@ -40,6 +40,26 @@ EXIT_STATUSES: dict[Exit, str] = {
 }
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived: unwound like Ctrl-C, so every VM, tap and temp dir is
+    undone on the way out (Python's default for SIGTERM is to die on the spot)."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(f"signal {signum}")
+
+
+def raise_on_termination() -> None:
+    """Turn SIGTERM and SIGHUP into ``Terminated`` in this (main) thread."""
+    import signal
+
+    def handler(signum, frame):
+        raise Terminated(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handler)
+
+
 class HashlabError(Exception):
     """An error the CLI prints as one line (``hashlab: error: ...``)."""
 

@@ -65,6 +65,10 @@ def _our_qemus() -> set[int]:
 
 
 def pytest_sessionstart(session):
+    # A SIGTERM (CI's timeout, `kill`) unwinds like Ctrl-C: fixtures stop their VMs.
+    from hashlab.errors import raise_on_termination
+
+    raise_on_termination()
     session.config._hashlab_before = (_net_devs(), _tmp_dirs())
 
 

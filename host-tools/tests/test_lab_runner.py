@@ -6,8 +6,11 @@ tier, after the lab kernel is built.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -55,3 +58,68 @@ def test_lab_kernel_keeps_guests_on_an_unscaled_tsc():
     assert r.returncode == 0, r.stderr
     assert r.stdout.split()[0] == "10000"
     assert all(a in r.stdout for a in lab.LAB_KERNEL_ARGS)
+
+
+def _descendants(root: int) -> set[int]:
+    """ROOT's descendants now (by walking every process's parent chain)."""
+    parents = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                parents[int(pid)] = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError):
+            continue
+    out = set()
+    for pid in parents:
+        p = pid
+        while p in parents and p > 1:
+            p = parents[p]
+            if p == root:
+                out.add(pid)
+                break
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_lab_sigterm_stops_the_lab_vm():
+    # `kill -- -PGID` of a demo or compare run must not leave the lab VM (vng, virtme-run
+    # and QEMU run in a session of their own) running on.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hashlab", "lab", "--", "sh", "-c", "echo ready; sleep 600"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        line = ""
+        while "ready" not in line and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line and proc.poll() is not None:
+                break
+        assert "ready" in line, proc.stderr.read()[-2000:]
+        children = _descendants(proc.pid)
+        assert any(b"qemu-system" in open(f"/proc/{p}/cmdline", "rb").read()
+                   for p in children if _alive(p)), "no QEMU under hashlab lab"
+        os.killpg(proc.pid, signal.SIGTERM)
+        rc = proc.wait(timeout=60)
+        err = proc.stderr.read()
+    except BaseException:
+        for p in _descendants(proc.pid):
+            os.kill(p, signal.SIGKILL)
+        raise
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert rc == 128 + signal.SIGTERM, err[-2000:]
+    assert "terminated by signal" in err, err[-2000:]
+    time.sleep(1)
+    left = [p for p in children if _alive(p)]
+    for p in left:  # the test must not leak what it found leaked
+        os.kill(p, signal.SIGKILL)
+    assert not left, f"left running after SIGTERM: {left}"
