@@ -52,6 +52,8 @@ DESIGNS: tuple[Design, ...] = (
            "progtype", hash_report_with_vhost=True, behaviour="spec", cache_kind="kernel"),
     Design("kfunc", "the BPF maintainers' way: the socket filter calls a kfunc",
            "kfunc", hash_report_with_vhost=True, behaviour="spec", cache_kind="kernel-kfunc"),
+    Design("tunrss", "the series' later way: tun hashes itself, set by ioctls",
+           "tunrss", hash_report_with_vhost=True, behaviour="spec", cache_kind="kernel-tunrss"),
 )
 BY_NAME = {d.name: d for d in DESIGNS}
 NAMES = tuple(BY_NAME)

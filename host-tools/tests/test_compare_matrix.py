@@ -162,6 +162,7 @@ def test_availability(monkeypatch):
     for prog_type, kfunc in ((True, False), (False, False), (False, True)):
         monkeypatch.setattr(datapath, "kernel_has_prog_type", lambda: prog_type)
         monkeypatch.setattr(datapath, "kernel_has_kfunc", lambda: kfunc)
+        monkeypatch.setattr(datapath, "kernel_has_tun_hash", lambda: False)
         assert (C.availability(row, here_is_lab=True) is None) == (not prog_type and not kfunc)
         assert (C.availability(C.ROWS_BY_ID["lab-patched-vhost"], True) is None) == prog_type
         assert (C.availability(kfunc_row, True) is None) == kfunc

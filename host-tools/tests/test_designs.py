@@ -69,7 +69,8 @@ def test_moving_a_series_directory_keeps_its_key(fixed_toolchain, tmp_path, monk
 
 
 def test_the_registry():
-    assert designs.NAMES == ("stock", "progtype", "kfunc") and designs.DEFAULT == "progtype"
+    assert designs.NAMES == ("stock", "progtype", "kfunc", "tunrss")
+    assert designs.DEFAULT == "progtype"
     assert len({d.cache_kind for d in designs.DESIGNS}) == len(designs.DESIGNS)
     for d in designs.DESIGNS:
         assert d.behaviour in rss.BEHAVIOURS and d.title and "\n" not in d.title
@@ -83,8 +84,9 @@ def test_the_registry():
     stock, progtype = designs.get("stock"), designs.get("progtype")
     assert not stock.hash_report_with_vhost and progtype.hash_report_with_vhost
     assert designs.get() is progtype and designs.get(stock) is stock
-    kfunc = designs.get("kfunc")
-    assert designs.with_series() == (progtype, kfunc)
+    kfunc, tunrss = designs.get("kfunc"), designs.get("tunrss")
+    assert designs.with_series() == (progtype, kfunc, tunrss)
+    assert tunrss.hash_report_with_vhost and tunrss.behaviour == "spec"
     # one config for every design: BTF too (QEMU's one object needs it on every kernel)
     assert K.read_fragment(K.LAB_CONFIG)["CONFIG_DEBUG_INFO_BTF"] == "y"
     # every series directory belongs to a design
@@ -137,11 +139,14 @@ def test_the_running_design(monkeypatch, tmp_path):
     """In a lab VM the design it was booted as; else the kernel is probed."""
     from hashlab.host import datapath
 
-    probes = {"kernel_has_prog_type": False, "kernel_has_kfunc": False}
+    probes = {"kernel_has_prog_type": False, "kernel_has_kfunc": False,
+              "kernel_has_tun_hash": False}
     for name in probes:
         monkeypatch.setattr(datapath, name, lambda name=name: probes[name])
     monkeypatch.delenv(datapath.LAB_DESIGN_ENV, raising=False)
     assert datapath.running_design() == "stock" and not datapath.kernel_has_series()
+    probes["kernel_has_tun_hash"] = True
+    assert datapath.running_design() == "tunrss" and datapath.kernel_has_series()
     probes["kernel_has_kfunc"] = True
     assert datapath.running_design() == "kfunc" and datapath.kernel_has_series()
     probes["kernel_has_prog_type"] = True
@@ -158,3 +163,24 @@ def test_the_running_design(monkeypatch, tmp_path):
         "the stock lab kernel (no series) is not built (scripts/build-kernel --design stock)")
     assert datapath.kernel_not_built("progtype") == (
         "the lab kernel is not built (scripts/build-kernel)")
+
+
+@pytest.mark.labvm
+@pytest.mark.parametrize("design", ["stock", "progtype", "kfunc", "tunrss"])
+def test_the_probe_names_each_design_kernel(design):
+    """Booted by path (no design named), each kernel is told apart by probing it."""
+    import subprocess
+    import sys
+
+    from hashlab.build import kernel as K
+
+    entry = K.entry(design)
+    if not entry.done:
+        pytest.fail(f"the {design} kernel is not built: hashlab build kernel --design {design}")
+    r = subprocess.run(
+        [sys.executable, "-m", "hashlab", "lab", "--kernel", str(entry.path / "bzImage"), "--",
+         sys.executable, "-c",
+         "from hashlab.host import datapath; print('design=' + datapath.running_design())"],
+        capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"design={design}" in r.stdout.split(), r.stdout[-2000:]

@@ -274,9 +274,11 @@ def test_datapath_design():
     assert parse_scenario(with_("datapath", {**lab, "design": "stock"}),
                           "s").datapath.design == "stock"
     assert parse_scenario(BASE, "s").datapath.design is None  # where: host
-    with pytest.raises(UsageError,
-                       match=r"datapath\.design.*'tunrss' \(valid: stock, progtype, kfunc\)"):
-        parse_scenario(with_("datapath", {**lab, "design": "tunrss"}), "s.yaml")
+    assert parse_scenario(with_("datapath", {**lab, "design": "tunrss"}),
+                          "s").datapath.design == "tunrss"
+    with pytest.raises(UsageError, match=r"datapath\.design.*'xdp' \(valid: stock, progtype, "
+                                         r"kfunc, tunrss\)"):
+        parse_scenario(with_("datapath", {**lab, "design": "xdp"}), "s.yaml")
     with pytest.raises(UsageError, match=r"datapath\.design.*where: lab only"):
         parse_scenario(with_("datapath.design", "progtype"), "s.yaml")
     # every shipped lab scenario runs on a registered design

@@ -101,13 +101,16 @@ def kernel_not_built(design: str = designs.DEFAULT) -> str:
 def running_design() -> str:
     """The design of the kernel running here: what the lab VM was booted as, else (a
     kernel booted without naming one, or the host's own) by probing it: the RFC's
-    program type loads on ``progtype`` only, the kfunc is in ``kfunc``'s BTF only."""
+    program type loads on ``progtype`` only, the kfunc is in ``kfunc``'s BTF only, and
+    only ``tunrss``'s tun answers TUNGETVNETHASHCAP."""
     name = os.environ.get(LAB_DESIGN_ENV)
     if name in designs.BY_NAME:
         return name
     if kernel_has_prog_type():
         return "progtype"
-    return "kfunc" if kernel_has_kfunc() else designs.CONTROL
+    if kernel_has_kfunc():
+        return "kfunc"
+    return "tunrss" if kernel_has_tun_hash() else designs.CONTROL
 
 
 def prep() -> dict:
@@ -136,8 +139,18 @@ def qemu_version(binary: str | Path) -> str:
 
 
 def kernel_has_series() -> bool:
-    """Does the running kernel have a design's series (progtype or kfunc)?"""
-    return kernel_has_prog_type() or kernel_has_kfunc()
+    """Does the running kernel have a design's series (progtype, kfunc or tunrss)?"""
+    return kernel_has_prog_type() or kernel_has_kfunc() or kernel_has_tun_hash()
+
+
+def kernel_has_tun_hash() -> bool:
+    """Does the running kernel's tun hash packets itself (the tunrss design)?"""
+    from ..uapi import linux as L
+
+    try:
+        return L.tun_vnet_hash_cap() is not None
+    except OSError:  # no /dev/net/tun
+        return False
 
 
 def kernel_has_kfunc() -> bool:

@@ -184,6 +184,11 @@ TUNSETVNETHDRSZ = 0x400454D8
 TUNSETVNETLE = 0x400454DC
 TUNSETSTEERINGEBPF = 0x800454E0
 TUNGETFEATURES = 0x800454CF
+# The tunrss series: tun hashes itself (struct tun_vnet_hash_cap / tun_vnet_hash).
+TUNGETVNETHASHCAP = 0x800854E4
+TUNSETVNETHASH = 0x400454E5
+TUN_VNET_HASH_REPORT = 0x0001
+TUN_VNET_HASH_RSS = 0x0002
 IFF_TAP = 0x0002
 IFF_VNET_HASH = 0x0080  # the series: TUNGETFEATURES says tun writes the hash fields
 IFF_NO_PI = 0x1000
@@ -205,6 +210,20 @@ def tap_queue(name: str, flags: int = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_M
         os.close(fd)
         raise
     return fd
+
+
+def tun_vnet_hash_cap() -> tuple[int, int, int] | None:
+    """(max indirection table entries, max key bytes, hash types) tun computes itself
+    (TUNGETVNETHASHCAP), or None when this kernel's tun does not hash."""
+    fd = os.open("/dev/net/tun", os.O_RDWR)
+    try:
+        out = fcntl.ioctl(fd, TUNGETVNETHASHCAP, bytes(8))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    table, key, _pad, types = struct.unpack("=HBBI", out)
+    return table, key, types
 
 
 def ioctl_int(fd: int, req: int, value: int) -> None:

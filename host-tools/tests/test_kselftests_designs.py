@@ -1,4 +1,4 @@
-"""The kfunc design's kselftest, in a lab VM booted with its kernel (``--design kfunc``).
+"""The kfunc and tunrss designs' kselftests, each in a lab VM booted with its kernel.
 
 The lab tier's VM runs the default design; this one boots its own (marker ``labvm``),
 runs the series' ``tun_vnet_hash`` and checks its KTAP output against the tests the
@@ -18,15 +18,16 @@ from test_kselftests import check_ktap, series_tests
 pytestmark = pytest.mark.labvm
 
 
-def test_kfunc_series_kselftest():
-    entry = K.entry("kfunc")
+@pytest.mark.parametrize("design", ["kfunc", "tunrss"])
+def test_design_series_kselftest(design):
+    entry = K.entry(design)
     if not entry.done:
-        pytest.fail("the kfunc kernel is not built: hashlab build kernel --design kfunc")
+        pytest.fail(f"the {design} kernel is not built: hashlab build kernel --design {design}")
     exe = entry.path / "selftests" / "tun_vnet_hash"
     assert exe.is_file(), f"{exe} missing: the kernel build did not build the kselftest"
-    r = subprocess.run([sys.executable, "-m", "hashlab", "lab", "--design", "kfunc", "--",
+    r = subprocess.run([sys.executable, "-m", "hashlab", "lab", "--design", design, "--",
                         str(exe)], capture_output=True, text=True, timeout=900)
-    expected = series_tests("tun_vnet_hash", "kfunc")
+    expected = series_tests("tun_vnet_hash", design)
     assert len(expected) >= 10
     check_ktap(r, expected)
     assert r.returncode == 0, r.stderr[-2000:]
