@@ -1,7 +1,7 @@
 """Shared pytest wiring: tiers by marker.
 
 ``lab`` tests need the lab kernel and run only inside the lab VM (scripts/test sets
-HASHLAB_IN_LAB=1 there); ``lab_kfunc`` ones inside the lab VM booted with the kfunc
+HASHLAB_IN_LAB=1 there); ``lab_kfunc`` (``lab_tunrss``) ones inside the lab VM booted with the kfunc (tunrss)
 design's kernel (a test may carry both); everywhere else they are skipped with the reason.
 """
 
@@ -19,7 +19,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         # The built eBPF object is the project's own build: tests that load it run after
         # the build (scripts/test's build tier), never skip for its absence.
-        in_vm = "lab" in item.keywords or "lab_kfunc" in item.keywords
+        in_vm = any(m in item.keywords for m in ("lab", "lab_kfunc", "lab_tunrss"))
         if "rss_object" in getattr(item, "fixturenames", ()) and not in_vm:
             item.add_marker(pytest.mark.built)
         if in_vm and not IN_LAB:

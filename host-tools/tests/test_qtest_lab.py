@@ -1,12 +1,13 @@
 """The patched stack through hashlab's own virtio-net driver, inside the lab VM.
 
-Patched QEMU on the patched kernel: the hash each frame carries is computed by the
-eBPF program in tun (the VNET_HASH program on ``progtype``, the socket filter calling
-``bpf_skb_set_vnet_hash()`` on ``kfunc``: the tests run in both designs' lab VMs) and
-copied to the device's receive header — by QEMU with ``vhost=off``, by vhost_net with
-``vhost=on``.  The driver reads the raw 20-byte
+Patched QEMU on each design's kernel: the hash each frame carries is computed in tun —
+by the eBPF program (the VNET_HASH program on ``progtype``, the socket filter calling
+``bpf_skb_set_vnet_hash()`` on ``kfunc``) or by tun itself (``tunrss``); the tests run
+in each design's lab VM — and copied to the device's receive header: by QEMU with
+``vhost=off``, by vhost_net with ``vhost=on``.  The driver reads the raw 20-byte
 headers, so the exact report value is checked for all nine types, against the spec
-(``behaviour="hashlab-ebpf"``: the spec plus the program's named parser limits).
+(``behaviour="hashlab-ebpf"``: the spec plus the program's named parser limits, which
+tun's own parser shares).
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from hashlab.frames.packets import corpus
 from hashlab.vdrv import NetRig
 from hashlab.vdrv.check import HashSetup, run_setup
 
-# The same patched QEMU on either design's kernel: the one lab VM, and the kfunc one.
-pytestmark = [pytest.mark.lab, pytest.mark.lab_kfunc, pytest.mark.timeout(1200)]
+# The same patched QEMU on every design's kernel: the lab VM, the kfunc and tunrss ones.
+pytestmark = [pytest.mark.lab, pytest.mark.lab_kfunc, pytest.mark.lab_tunrss,
+              pytest.mark.timeout(1200)]
 
 T = rss.HashType
 BEHAVIOUR = "hashlab-ebpf"
@@ -102,40 +104,25 @@ def test_hostile_frames_through_the_patched_stack(rig):
     assert len(again.received) == 64, "the device stopped receiving after the hostile frames"
 
 
-def _toeplitz_bitwise(key: bytes, data: bytes) -> int:
-    """The Toeplitz hash by its definition, one input bit at a time (no tables)."""
-    k, nbits, h = int.from_bytes(key, "big"), len(key) * 8, 0
-    for j in range(len(data) * 8):
-        if data[j // 8] >> (7 - j % 8) & 1:
-            h ^= (k >> (nbits - 32 - j)) & 0xFFFFFFFF
-    return h
+def test_a_refused_configuration_turns_hashing_off(rig):
+    """Each configuration QEMU refuses (ack VIRTIO_NET_ERR) turns RSS and hash reports
+    off, as upstream QEMU does: then no frame may carry a hash, also through vhost_net,
+    where tun writes the header (no stale configuration left in the kernel); and a good
+    configuration afterwards hashes as the spec says again."""
+    from hashlab.vdrv import VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_RSS_CONFIG, Ack
+    from test_qtest_ctrl import BAD_RSS
 
-
-@pytest.mark.parametrize("seed", [1, 2])
-def test_qemu_fills_the_key_map_as_the_oracle_hashes(rig, seed):
-    """QEMU's C code (ebpf_rss.c, qemu/patches 0006) derives the program's per-byte
-    Toeplitz tables from the key the guest sets.  Read the map back from the running
-    QEMU and check it against the Toeplitz hash itself (bitwise, and the oracle's) on
-    random inputs: not against a second copy of QEMU's recurrence."""
-    import random
-    import struct
-
-    from hashlab.host import bpf
-    from hashlab.vdrv.check import HashSetup
-
-    rng = random.Random(seed)
-    key = bytes(rng.randrange(256) for _ in range(40))
-    setup = HashSetup(f"key-{seed}", rss.ALL_TYPES, key, "rss", tuple(i % 4 for i in range(8)), 0, 4)
-    assert setup.apply(rig) == 0, "RSS_CONFIG refused"
-    maps = [m for m in bpf.kernel_maps("tap_rss_map_toeplitz_key")
-            if m.value_size == bpf.RSS_KEY_VALUE_SIZE]
-    assert len(maps) == 1, f"expected QEMU's one key map, found {maps}"
-    value = maps[0].lookup(0)
-    assert struct.pack(">I", struct.unpack_from("=I", value)[0]) + value[4:40] == key
-    table = struct.unpack_from(f"={bpf.RSS_INPUT_MAX * 256}I", value, 40)
-    for n in range(200):
-        data = bytes(rng.randrange(256) for _ in range(12 if n % 2 else 36))
-        got = 0
-        for i, b in enumerate(data):
-            got ^= table[i * 256 + b]
-        assert got == _toeplitz_bitwise(key, data) == rss.toeplitz(key, data), data.hex()
+    setup = SETUPS[0]
+    probe = CORPUS.select(["ipv4-tcp", "ipv6-udp", "ipv6-hao-rh2"])[:30]
+    for name, payload in BAD_RSS.items():
+        assert setup.apply(rig) == 0, "the good configuration was refused"
+        ack = rig.net.ctrl(VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_RSS_CONFIG, payload)
+        assert ack == Ack.ERR, f"{name}: ack {ack!r}"
+        res = rig.run([f.data for f in probe])
+        assert not res.missing, name
+        assert {(rx.hash_value, rx.hash_report) for _, rx in res.matched} == {(0, 0)}, name
+    out = run_setup(rig, setup, probe)
+    assert not out.missing
+    for o in out.received:
+        e = setup.expect(o.frame.data, BEHAVIOUR)
+        assert (o.rx.hash_value, o.rx.hash_report, o.rx.queue) == (e.hash, e.report, e.queue)

@@ -134,6 +134,27 @@ ROWS: tuple[Row, ...] = (
         "progtype-only", False, "lab", "kfunc", "software fallback, as upstream",
         "qemu-software", {"rss_negotiated": True, "hash_report_negotiated": True},
         keep_pins=True),
+    # The tunrss design: tun hashes itself; the same patched QEMU hands it the guest's
+    # configuration (hash-offload=tun pins that: it fails to start otherwise).
+    Row("lab-stock-vhost-tunrss", "stock QEMU + tunrss vhost_net (vhost=on)", "stock", True,
+        "lab", "tunrss", "as on the stock kernel: no HASH_REPORT, eBPF steering", "qemu-ebpf",
+        {"rss_negotiated": True, "hash_report_negotiated": False},
+        baseline="lab-stock-vhost-stock-kernel"),
+    Row("lab-patched-tunrss", "patched QEMU, tun hashes (tap, vhost=off)", "patched", False,
+        "lab", "tunrss", "spec", "spec",
+        {"rss_negotiated": True, "hash_report_negotiated": True},
+        device={"hash-offload": "tun"}),
+    Row("lab-patched-vhost-tunrss", "patched QEMU, tun hashes via vhost_net (vhost=on)",
+        "patched", True, "lab", "tunrss", "spec", "spec",
+        {"rss_negotiated": True, "hash_report_negotiated": True},
+        baseline="lab-patched-vhost-stock-kernel", device={"hash-offload": "tun"}),
+    # The eBPF designs' QEMU on this kernel (hash-offload=ebpf: patches 1-10 alone): its
+    # program can only steer here, so with vhost no hash reports (auto: it says why).
+    Row("lab-ebpf-qemu-vhost-tunrss", "patched QEMU, hash-offload=ebpf, tunrss kernel "
+        "(vhost=on)", "patched", True, "lab", "tunrss",
+        "no HASH_REPORT (its program cannot report here), eBPF steering", "spec",
+        {"rss_negotiated": True, "hash_report_negotiated": False},
+        device={"hash-offload": "ebpf", "vhost-hash-report": "auto"}),
 )
 ROW_IDS = tuple(r.id for r in ROWS)
 ROWS_BY_ID = {r.id: r for r in ROWS}
