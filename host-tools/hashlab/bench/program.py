@@ -21,6 +21,9 @@ type (Microsoft key, 128-entry table over 4 queues):
   per run (included in every other number);
 * ``floor-bitwise`` / ``floor-table``: a plain C Toeplitz over the same bytes the
   programs hash, timed with clock_gettime (``floor.c``);
+* ``tun-c``: the ``tunrss`` design's own hash function (``drivers/net/tun_vnet_hash.h``
+  from its patch) built for the host (``tun_hash.c``): what tun spends per packet on
+  hashing, next to what the programs spend; its hash and report are checked too;
 * ``floor-parse``: the whole job in plain C (``floor.c --parse``): parse the frame as
   the spec's rules read it, pick the type, hash by the tables; its hash and report are
   checked against the oracle.  The true floor of a steering program, net of the
@@ -136,6 +139,8 @@ SUBJECTS = [
     Subject("floor-table", "plain C, one table lookup per hashed byte", "c", False),
     Subject("floor-parse", "plain C, the whole job: parse the frame, pick the type, hash "
             "by the tables", "c", True),
+    Subject("tun-c", "the tunrss series' tun_vnet_hash_compute() built for the host: parse, "
+            "type, Toeplitz by per-byte tables (not: RCU, skb extension, queue lookup)", "c", True),
 ]
 
 
@@ -400,8 +405,32 @@ def measure_floor(where: str, samples: int, target_ms: float, log=print) -> list
         m["ns_median"] = float(median)
         m["samples"] = [float(best), float(median)]
         out.append(m)
-    log(f"bench: {where} floor: " + ", ".join(f"{m['class']} {m['subject'][6:]} {m['ns_best']:.0f}"
+    out += measure_tun_hash(where, samples, target_ms)
+    log(f"bench: {where} floor: " + ", ".join(f"{m['class']} {m['subject']} {m['ns_best']:.0f}"
                                              for m in out) + " ns")
+    return out
+
+
+def measure_tun_hash(where: str, samples: int, target_ms: float) -> list[dict]:
+    """The tunrss design's in-kernel hash function, compiled for the host from its patch
+    (``tools.tun_hash_binary``), on every class; checked against the oracle first."""
+    exe = tools.tun_hash_binary(designs.get("tunrss").series_dir)
+    out = []
+    for cname, _, frame in CLASSES:
+        h, r = rss.hash_packet(frame, BENCH_CONFIG.key, BENCH_CONFIG.types, "hashlab-ebpf")
+        iters = max(1000, int(target_ms * 1e6 / 200))
+        res = subprocess.run([str(exe), BENCH_CONFIG.key.hex(), frame.hex(),
+                              str(BENCH_CONFIG.types), str(iters), str(samples)],
+                             capture_output=True, text=True)
+        if res.returncode != 0:
+            raise BenchError(f"hashlab-tunhash failed on {cname}: {res.stderr.strip()}")
+        _, best, median, hx, rep_ = res.stdout.split()
+        if (int(hx, 16), int(rep_)) != (h, r):
+            raise BenchError(f"hashlab-tunhash gave {hx}/{rep_} for {cname}, oracle {h:08x}/{r}")
+        m = report.measurement("tun-c", where, cname, [float(best)], iters, "c")
+        m["ns_median"] = float(median)
+        m["samples"] = [float(best), float(median)]
+        out.append(m)
     return out
 
 

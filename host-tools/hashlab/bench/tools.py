@@ -76,6 +76,43 @@ def floor_binary() -> Path:
                  [CC, "-O2", "-Wall", "-Werror", "-o", "{out}", "{src}"], CC)
 
 
+# Stand-ins for the kernel-only headers drivers/net/tun_vnet_hash.h includes; bench/
+# tun_hash.c defines what the function needs of them.
+_TUN_HASH_STUBS = {
+    "linux/skbuff.h": "", "linux/unaligned.h": "", "linux/if_vlan.h": "#define VLAN_HLEN 4\n",
+    "net/ip.h": "#define IP_MF 0x2000\n#define IP_OFFSET 0x1FFF\n",
+}
+
+
+def tun_series_header(series_dir: Path) -> str:
+    """drivers/net/tun_vnet_hash.h as the tunrss series adds it (a new file: its + lines)."""
+    rel = "drivers/net/tun_vnet_hash.h"
+    for p in sorted(series_dir.glob("*.patch")):
+        text = p.read_text(errors="replace")
+        if f"+++ b/{rel}" in text:
+            body = text.split(f"+++ b/{rel}", 1)[1].split("\ndiff --git", 1)[0]
+            body = body.split("\n-- \n", 1)[0]
+            return "".join(ln[1:] + "\n" for ln in body.splitlines() if ln.startswith("+"))
+    raise HashlabError(f"no patch in {series_dir} adds {rel}")
+
+
+def tun_hash_binary(series_dir: Path) -> Path:
+    """``hashlab-tunhash`` (bench/tun_hash.c): the tunrss series' hash function on the host."""
+    header = tun_series_header(series_dir)
+    key = InputKey("bench/tun-hash-src")
+    key.add_text("header", header)
+    src = CacheEntry(key)
+    if not src.done:
+        with src.fill() as tmp:
+            (tmp / "tun_vnet_hash.h").write_text(header)
+            for name, text in _TUN_HASH_STUBS.items():
+                (tmp / "stubs" / name).parent.mkdir(parents=True, exist_ok=True)
+                (tmp / "stubs" / name).write_text(text)
+    return build("tun-hash", [HERE / "tun_hash.c"], "hashlab-tunhash",
+                 [CC, "-O2", "-Wall", "-Werror", "-I", str(src.path / "stubs"), "-I",
+                  str(src.path), "-o", "{out}", "{src}"], CC, {"header": header})
+
+
 def bpf_object(kind: str, source: Path, out_name: str, defines: dict[str, str] | None = None,
                includes: list[Path] | None = None) -> Path:
     """A BPF object compiled with clang-19 (``-O2 -g -target bpf``), BTF kept."""
