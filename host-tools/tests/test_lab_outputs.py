@@ -31,6 +31,15 @@ def test_writes_outside_the_checkout_reach_the_host(tmp_path):
     assert not (unshared / "f").exists()
 
 
+def test_a_directory_virtme_ng_refuses_is_shared_through_its_parent(tmp_path):
+    # bench datapath writes per-row dirs named "scenario@design"; vng takes no '@'
+    row = tmp_path / "bench-ebpf-vhost@tunrss"
+    r = lab.run(f"echo kept > '{row}/f'", writes=[row], timeout=600)
+    assert r.status == 0
+    assert (row / "f").read_text() == "kept\n"
+    assert lab.shared_dirs([row])[0] == [tmp_path]
+
+
 def test_a_lost_output_is_named(tmp_path):
     unshared = tmp_path / "unshared"
     unshared.mkdir()

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import designs, retries
-from ..errors import Exit, HashlabError, MissingToolError
+from ..errors import Exit, HashlabError, MissingToolError, UsageError
 from ..paths import REPO, cache_root
 from .qemu_process import PANIC_RE, load_factor
 
@@ -127,9 +127,26 @@ def shared_dirs(writes: Sequence[Path] = (), reads: Sequence[Path] = (),
     def outside(d: Path, others: list[Path]) -> bool:
         return not any(d == o or d.is_relative_to(o) for o in others)
 
-    rw = _minimal([d for d in rw if outside(d, always)])
-    ro = _minimal([d for d in ro if outside(d, always + rw) and d != Path("/")])
+    rw = _minimal([_vng_safe(d) for d in rw if outside(d, always)])
+    ro = _minimal([_vng_safe(d) for d in ro if outside(d, always + rw) and d != Path("/")])
+    if Path("/") in rw:
+        raise UsageError("the lab VM cannot share a directory virtme-ng refuses (its path "
+                         f"has other characters than {VNG_SAFE_PATH.pattern}) or any of its "
+                         "parents but /")
+    ro = [d for d in ro if d != Path("/")]
     return rw, ro
+
+
+# What virtme-ng takes as a --rwdir/--rodir path (virtme.commands.run's pattern).
+VNG_SAFE_PATH = re.compile(r"[a-zA-Z0-9_+ /.-]+")
+
+
+def _vng_safe(d: Path) -> Path:
+    """D, or its nearest ancestor virtme-ng can share (it refuses, say, '@' or ':' in a
+    path: a wider share still brings the writes home)."""
+    while not VNG_SAFE_PATH.fullmatch(str(d)):
+        d = d.parent
+    return d
 
 
 def _minimal(dirs: list[Path]) -> list[Path]:
