@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "commands.lab",  # lab [--] CMD
     "commands.compare",  # compare [--rows ...]
     "commands.bench",  # bench program|datapath|turnaround
+    "commands.report",  # report --compare compare.json [--program ...] --out DIR
 ]
 
 

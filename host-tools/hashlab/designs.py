@@ -35,6 +35,11 @@ class Design:
     # built before the registry existed keep their paths ("kernel", "kernel-stock").
     cache_kind: str
     divergences: tuple[str, ...] = ()  # known divergences from the spec (oracle names)
+    # The QEMU series' patches (qemu/patches/NNNN-*) the patched QEMU's path on this
+    # design needs: what the design costs in QEMU (results.interface counts them).
+    qemu_patches: tuple[int, ...] = ()
+    # What QEMU needs to use the design, in words (for the report's interface table).
+    privileges: str = ""
 
     def __post_init__(self):  # a typo here would only show as a wrong verdict much later
         if self.behaviour not in BEHAVIOURS:
@@ -45,15 +50,32 @@ class Design:
         return SERIES_DIR / self.series if self.series else None
 
 
+# QEMU patches every design's path uses: the vhost_net backend feature (4), the hash
+# from the tap header (5), the vhost-hash-report property and its test (7, 8), a refused
+# command keeping the configuration (12).  The eBPF designs add the program (1-3, 6, 10).
+_QEMU_COMMON = (4, 5, 7, 8, 12)
+_QEMU_EBPF = (1, 2, 3, 6, 10)
+_FDS = ("; or none when a management application loads the program (request-ebpf) and "
+        "passes its fds (ebpf-rss-fds)")
+
 DESIGNS: tuple[Design, ...] = (
     Design("stock", "the control: the lab kernel without any series", None,
            hash_report_with_vhost=False, behaviour="qemu-software", cache_kind="kernel-stock"),
     Design("progtype", "the RFC's BPF_PROG_TYPE_VNET_HASH: tun runs a hash program",
-           "progtype", hash_report_with_vhost=True, behaviour="spec", cache_kind="kernel"),
+           "progtype", hash_report_with_vhost=True, behaviour="spec", cache_kind="kernel",
+           qemu_patches=tuple(sorted(_QEMU_COMMON + _QEMU_EBPF)),
+           privileges="CAP_BPF and CAP_NET_ADMIN to load a BPF_PROG_TYPE_VNET_HASH program"
+           + _FDS),
     Design("kfunc", "the BPF maintainers' way: the socket filter calls a kfunc",
-           "kfunc", hash_report_with_vhost=True, behaviour="spec", cache_kind="kernel-kfunc"),
+           "kfunc", hash_report_with_vhost=True, behaviour="spec", cache_kind="kernel-kfunc",
+           qemu_patches=tuple(sorted(_QEMU_COMMON + _QEMU_EBPF + (9,))),
+           privileges="CAP_BPF to load a socket filter that calls a kfunc (unprivileged "
+           "programs may not)" + _FDS),
     Design("tunrss", "the series' later way: tun hashes itself, set by ioctls",
-           "tunrss", hash_report_with_vhost=True, behaviour="spec", cache_kind="kernel-tunrss"),
+           "tunrss", hash_report_with_vhost=True, behaviour="spec", cache_kind="kernel-tunrss",
+           qemu_patches=tuple(sorted(_QEMU_COMMON + (11,))),
+           privileges="none beyond the tap fd QEMU already holds (two ioctls on it); "
+           "a passed tap fd works as it is"),
 )
 BY_NAME = {d.name: d for d in DESIGNS}
 NAMES = tuple(BY_NAME)

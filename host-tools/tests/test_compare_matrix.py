@@ -8,7 +8,6 @@ judge a real run (``hashlab.run.compare``, ``hashlab.run.result.Batch``).
 from __future__ import annotations
 
 import json
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ import pytest
 from hashlab.run import compare as C
 from hashlab.results import matrix as M
 from hashlab.host import datapath
-from hashlab.results import htmlreport, report
+from hashlab.results import report
 from hashlab.frames import packets
 from hashlab.oracle import rss
 from hashlab.run.result import (Batch, Datapath, GuestConfig, Negotiation, OracleChoice,
@@ -360,27 +359,6 @@ def test_table_rendering(frames):
     assert "/" in lines[1].split()[-2] and "/" in lines[-1].split()[-1]
 
 
-def test_reports(tmp_path, frames):
-    conf = oracle("spec")
-    rows = [C.row_result_from_run(ROW, fake_run(frames, observe(frames, conf), conf), 3.0),
-            placeholder("lab-patched")]
-    paths = htmlreport.write_reports(rows, {"timings": {"total": 3.0}, "base": "b.yaml"}, tmp_path)
-    assert [p.name for p in paths] == ["report.md", "report.html"]
-    md = (tmp_path / "report.md").read_text()
-    assert "![queues of lab-patched-vhost](queues-lab-patched-vhost.svg)" in md
-    svg = ET.fromstring((tmp_path / "queues-lab-patched-vhost.svg").read_text())
-    assert svg.tag.endswith("svg")
-    rects = [e for e in svg.iter() if e.tag.endswith("rect")]
-    assert len(rects) >= 4  # two queues x expected/observed (+ legend)
-    html = (tmp_path / "report.html").read_text()
-    assert html.count("<svg") == 1 and "not built" in html
-    # a queue that got a different count than expected is drawn in the "differs" colour
-    bad = htmlreport.queue_svg({"0": {"expected": 5, "observed": 3}}, "t")
-    assert htmlreport.WRONG_COLOUR in bad
-    good = htmlreport.queue_svg({"0": {"expected": 5, "observed": 5}}, "t")
-    assert htmlreport.WRONG_COLOUR not in good.split("</title></rect>")[1].split("<text")[0]
-
-
 def test_compare_without_lab_kernel(monkeypatch, tmp_path):
     """Lab rows that cannot run come back as placeholders, with the reason."""
     monkeypatch.setattr(datapath, "lab_kernel_path", lambda design="progtype": None)
@@ -423,3 +401,55 @@ def test_a_row_that_loses_what_the_stock_kernel_gave_is_a_regression():
     alone = _ran("lab-stock-vhost", rss_on=True, queue_right=1)
     C.find_regressions([alone])
     assert alone.ok
+
+
+def test_a_stuck_lab_vm_skips_its_other_rows(monkeypatch, tmp_path):
+    """In the lab VM, after a row whose VM failed past its retries, the rest are not run
+    there (each would time out) and say why; outside the lab nothing is skipped."""
+    rows = [C.ROWS_BY_ID[i] for i in ("lab-stock-vhost-tunrss", "lab-patched-tunrss",
+                                      "lab-patched-vhost-tunrss")]
+    ran = []
+
+    async def fake_row(row, base, out, guest_kernel, echo):
+        ran.append(row.id)
+        r = C.placeholder(row, M.ERROR, "QemuStartError: no QMP greeting")
+        r.vm_error = "QemuStartError"
+        return r
+
+    monkeypatch.setattr(C, "run_row", fake_row)
+    monkeypatch.setattr(C, "availability", lambda row, here_lab: None)
+    monkeypatch.setattr(datapath, "in_lab", lambda: True)
+    res = C.run_rows(rows, tmp_path, {}, echo=lambda m: None)
+    assert ran == ["lab-stock-vhost-tunrss"]
+    assert [r.vm_error for r in res] == ["QemuStartError", "lab VM stuck", "lab VM stuck"]
+    assert "stuck after lab-stock-vhost-tunrss" in res[1].reason
+    ran.clear()
+    monkeypatch.setattr(datapath, "in_lab", lambda: False)
+    C.run_rows(rows, tmp_path, {}, echo=lambda m: None)
+    assert len(ran) == 3
+
+
+def test_rows_a_stuck_lab_vm_lost_get_one_fresh_boot(monkeypatch, tmp_path):
+    rows = [C.ROWS_BY_ID[i] for i in ("lab-stock-vhost-tunrss", "lab-patched-vhost-tunrss")]
+    boots = []
+
+    def fake_part(runnable, design, out, base, base_path, guest_kernel, lab_timeout, echo,
+                  qtest=False):
+        boots.append(([r.id for r in runnable], qtest))
+        if len(boots) == 1:  # the first boot: the second row's guest stalls
+            good = _ran(runnable[0].id, True, 100)
+            bad = C.placeholder(runnable[1], M.ERROR, "GuestHang: stalled")
+            bad.vm_error = "GuestHang"
+            return [good, bad], [{"error": "not run", "ok": False, "lab_stuck": True}]
+        return [_ran(r.id, True, 100) for r in runnable], [{"ok": True, "vhost": True}]
+
+    monkeypatch.setattr(C, "_lab_part", fake_part)
+    monkeypatch.setattr(C, "availability", lambda row, here_lab: None)
+    monkeypatch.setattr(datapath, "in_lab", lambda: False)
+    results, meta = C.compare(rows, tmp_path, C.DEFAULT_BASE, echo=lambda m: None, qtest=True)
+    assert boots == [(["lab-stock-vhost-tunrss", "lab-patched-vhost-tunrss"], True),
+                     (["lab-patched-vhost-tunrss"], True)]
+    assert [r.status for r in results] == [M.RAN, M.RAN]
+    assert results[1].retries == ["lab VM booted again after: GuestHang: stalled"]
+    assert results[0].retries == []
+    assert meta["qtest"]["tunrss"] == [{"ok": True, "vhost": True}]

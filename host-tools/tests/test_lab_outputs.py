@@ -73,7 +73,7 @@ def test_run_out_outside_the_checkout(tmp_path):
 def test_demo_row_with_results_outside_the_checkout(tmp_path):
     # The README's demo command with HASHLAB_RESULTS elsewhere (it once lost the lab row).
     env = {**os.environ, "HASHLAB_RESULTS": str(tmp_path / "hlres"),
-           "HASHLAB_DEMO_ROWS": "lab-patched-vhost"}
+           "HASHLAB_DEMO_ROWS": "lab-patched-vhost", "HASHLAB_DEMO_COST": "program"}
     r = subprocess.run([str(REPO / "scripts" / "demo")], env=env, capture_output=True,
                        text=True, timeout=3000)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -84,3 +84,18 @@ def test_demo_row_with_results_outside_the_checkout(tmp_path):
     sent = row["spec"]["sent"]
     assert sent > 400 and row["spec"]["hash_right"] == row["spec"]["queue_right"] == sent
     assert f"{sent}/{sent}" in (demo / "report.md").read_text()
+    # the report's document: the qtest driver ran in the row's lab boot, the per-packet
+    # cost on this machine, and the report renders again from it alone
+    doc = json.loads((demo / "report.json").read_text())
+    (qt,) = doc["correctness"]["qtest"]["progtype"][:1]
+    assert qt["ok"] and qt["hash_report_negotiated"], qt
+    assert {s["name"] for s in doc["cost"]["per_packet"]["subjects"]} >= {"upstream", "ours",
+                                                                          "tun-c"}
+    again = tmp_path / "again"
+    r = subprocess.run([sys.executable, "-m", "hashlab", "report", "--from",
+                        str(demo / "report.json"), "--out", str(again)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (again / "report.md").read_text() == (demo / "report.md").read_text()
+    timing = json.loads((demo / "demo-timing.json").read_text())
+    assert {"comparison", "cost: per packet", "report"} <= set(timing["seconds"])

@@ -19,9 +19,9 @@ from hashlab.vdrv import (
     Ack,
     NetRig,
     hash_config_payload,
-    rss_config_payload,
 )
 from hashlab.vdrv.check import HashSetup, run_setup
+from hashlab.run.qtest_check import BAD_RSS
 
 # The QEMU under test: stock by default; HASHLAB_QTEST_QEMU picks another (the lab's patched one).
 QEMU = os.environ.get("HASHLAB_QTEST_QEMU", HOST_QEMU)
@@ -54,24 +54,6 @@ def device_works(rig, setup: HashSetup = GOOD) -> None:
     assert not bad, bad[:5]
 
 
-def rss_payload(**kw) -> bytes:
-    args = dict(hash_types=ALL, table=TABLE, unclassified_queue=0, max_tx_vq=4, key=KEY)
-    args.update(kw)
-    return rss_config_payload(**args)
-
-
-BAD_RSS = {
-    "table-not-power-of-two": rss_payload(table=[0, 1, 2]),
-    "table-too-long-256": rss_payload(table=[i % 4 for i in range(256)]),
-    "key-too-long-41": rss_payload(key=bytes(range(41))),
-    "key-missing": rss_payload(key=b""),
-    "unclassified-queue-out-of-range": rss_payload(unclassified_queue=4),
-    "max-tx-vq-zero": rss_payload(max_tx_vq=0),
-    "max-tx-vq-too-big": rss_payload(max_tx_vq=5),
-    "short-command": rss_payload()[:8],
-    "table-cut-short": rss_payload()[:8 + 100],
-    "key-cut-short": rss_payload()[:-10],
-}
 
 
 def test_qtest_ctrl_good_config_first(rig):

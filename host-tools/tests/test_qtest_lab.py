@@ -16,29 +16,17 @@ from collections import Counter
 
 import pytest
 
-from hashlab.oracle import rss
 from hashlab.build.qemu import find_qemu_entry
 from hashlab.frames.packets import corpus
 from hashlab.vdrv import NetRig
-from hashlab.vdrv.check import HashSetup, run_setup
+from hashlab.vdrv.check import run_setup
+from hashlab.run.qtest_check import BAD_RSS, BEHAVIOUR, DEVICE_OPTS, SETUPS
 
 # The same patched QEMU on every design's kernel: the lab VM, the kfunc and tunrss ones.
 pytestmark = [pytest.mark.lab, pytest.mark.lab_kfunc, pytest.mark.lab_tunrss,
               pytest.mark.timeout(1200)]
 
-T = rss.HashType
-BEHAVIOUR = "hashlab-ebpf"
 CORPUS = corpus(0)
-RANDOM_KEY = bytes(range(7, 47))
-
-SETUPS = [
-    HashSetup("rss-all-mskey", rss.ALL_TYPES, rss.MS_KEY, "rss", tuple(i % 4 for i in range(128)), 0, 4),
-    HashSetup("rss-linux-randkey-uncl1", rss.LINUX_GUEST_TYPES, RANDOM_KEY, "rss",
-              tuple((i * 7) % 4 for i in range(64)), 1, 4),
-    HashSetup("rss-ex-and-tcp4", int(T.IPv6_EX | T.TCPv6_EX | T.UDPv6_EX | T.TCPv4), RANDOM_KEY, "rss",
-              tuple(i % 2 for i in range(16)), 2, 4),
-    HashSetup("hash-only-all", rss.ALL_TYPES, RANDOM_KEY, "hash", pairs=4),
-]
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["vhost-off", "vhost-on"])
@@ -47,7 +35,7 @@ def rig(request):
     if entry is None:
         pytest.fail("patched QEMU is not built: run scripts/build-qemu")
     with NetRig(qemu_binary=entry / "bin/qemu-system-x86_64", queues=4, vhost=request.param,
-                device_opts="rss=on,hash=on,vhost-hash-report=on") as r:
+                device_opts=DEVICE_OPTS) as r:
         yield r
 
 
@@ -110,7 +98,6 @@ def test_a_refused_configuration_keeps_the_old_one(rig):
     every frame after it is hashed and steered as that one says, also through vhost_net,
     where the backend (the program, or tun itself) writes the header."""
     from hashlab.vdrv import VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_RSS_CONFIG, Ack
-    from test_qtest_ctrl import BAD_RSS
 
     setup = SETUPS[1]  # not the last one applied: a kept configuration must show
     probe = CORPUS.select(["ipv4-tcp", "ipv6-udp", "ipv6-hao-rh2"])[:30]

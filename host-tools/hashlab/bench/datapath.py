@@ -125,6 +125,9 @@ def row_from_results(name: str, label: str, doc: dict | None) -> dict:
                                       m.get("cpu_us_per_frame_other")),
         "qemu_peak_rss_kib": ld["qemu_peak_rss_kib"],
         "round_right_fps": [r["right_fps"] for r in ld["rounds"]],
+        "round_host_cpu_us_per_frame": [
+            _sum(r["qemu_cpu_us_per_frame"].get("vhost"), r["qemu_cpu_us_per_frame"].get("other"))
+            for r in ld["rounds"] if r.get("qemu_cpu_us_per_frame")],
     })
     spread = [v for v in row["round_right_fps"] if v]
     row["right_fps_spread"] = round((max(spread) - min(spread)) / statistics.median(spread), 3) \

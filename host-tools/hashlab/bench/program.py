@@ -456,6 +456,15 @@ def run_part(where: str, samples: int = 7, target_ms: float = 50.0, log=print) -
     env["seconds"] = round(time.monotonic() - t0, 1)
     env["checks"] = checks
     env["forms"] = {x.subject: x.form for x in loaded}
+    # What a device's configuration takes in the kernel: the program's maps, tun's own
+    # configuration (the harness knows its size).
+    env["memory_bytes"] = {x.subject: sum(x.obj.map_bytes().values())
+                           for x in loaded if x.obj is not None}
+    env["memory_maps"] = {x.subject: x.obj.map_bytes() for x in loaded
+                          if x.obj is not None and x.subject in ("upstream", "ours")}
+    tun_cfg = tools.tun_hash_cfg_bytes(designs.get("tunrss").series_dir)
+    if tun_cfg is not None:
+        env["memory_bytes"]["tun-c"] = tun_cfg
     for x in loaded:
         if x.obj is not None:
             x.obj.close()

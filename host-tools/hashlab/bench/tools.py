@@ -113,6 +113,14 @@ def tun_hash_binary(series_dir: Path) -> Path:
                   str(src.path), "-o", "{out}", "{src}"], CC, {"header": header})
 
 
+def tun_hash_cfg_bytes(series_dir: Path) -> int | None:
+    """sizeof(struct tun_vnet_hash_cfg): what one device's configuration takes in tun
+    (key, types, the per-byte Toeplitz tables, the indirection table)."""
+    r = subprocess.run([str(tun_hash_binary(series_dir)), "--sizeof"], capture_output=True,
+                       text=True)
+    return int(r.stdout) if r.returncode == 0 and r.stdout.strip().isdigit() else None
+
+
 def bpf_object(kind: str, source: Path, out_name: str, defines: dict[str, str] | None = None,
                includes: list[Path] | None = None) -> Path:
     """A BPF object compiled with clang-19 (``-O2 -g -target bpf``), BTF kept."""

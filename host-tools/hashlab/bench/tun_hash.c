@@ -4,6 +4,7 @@
  * for a figure next to the steering programs' BPF_PROG_TEST_RUN numbers.
  *
  *   hashlab-tunhash KEY_HEX FRAME_HEX HASH_TYPES ITERATIONS SAMPLES
+ *   hashlab-tunhash --sizeof     (the bytes of one device's configuration)
  *
  * prints "tun ns_best ns_median hash report": tun_vnet_hash_compute() on a linear skb
  * holding FRAME (parse, pick the type, Toeplitz by the per-byte tables
@@ -103,6 +104,10 @@ int main(int argc, char **argv)
     uint16_t report = 0;
     double *ns;
 
+    if (argc == 2 && !strcmp(argv[1], "--sizeof")) {
+        printf("%zu\n", sizeof(cfg));
+        return 0;
+    }
     if (argc != 6 || unhex(argv[1], cfg.key, TUN_VNET_HASH_MAX_KEY_SIZE, &key_len) ||
         unhex(argv[2], frame, sizeof(frame), &frame_len)) {
         fprintf(stderr, "usage: %s KEY_HEX FRAME_HEX HASH_TYPES ITERATIONS SAMPLES\n", argv[0]);

@@ -46,6 +46,10 @@ def register(sub):
     p.add_argument("--no-lab", action="store_true", help="do not boot the lab VM")
     p.add_argument("--lab-timeout", type=float, default=2400,
                    help="seconds for the lab VM at idle (scaled by load; default 2400)")
+    p.add_argument("--qtest", action="store_true",
+                   help="also run hashlab's virtio-net driver over qtest (every report type, "
+                   "hash-only, refused configurations) with the patched QEMU in each lab "
+                   "boot of a design with a series, vhost off and on")
     p.add_argument("--no-report", action="store_true", help="no report.md / report.html")
     p.add_argument("--quiet-table", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=_run)
@@ -62,7 +66,8 @@ def _run(args) -> int:
     json_path = Path(args.json) if args.json else out / "compare.json"
     results, meta = C.compare(rows, out, Path(args.base), args.guest_kernel,
                               lab_timeout=args.lab_timeout, echo=echo,
-                              run_lab=not args.no_lab, json_path=json_path)
+                              run_lab=not args.no_lab, json_path=json_path,
+                              qtest=args.qtest)
     doc = M.rows_to_json(results, meta)
     text = json.dumps(doc, indent=1, default=str) + "\n"
     out.mkdir(parents=True, exist_ok=True)
@@ -81,11 +86,19 @@ def _run(args) -> int:
         print()
         print("wall time: " + ", ".join(f"{k} {v:.0f}s" for k, v in t.items()))
         if not args.no_report:
-            from ..results.htmlreport import write_reports
+            from ..results import evidence, htmlreport, interface
 
-            paths = write_reports(results, meta, out)
+            paths = htmlreport.write_reports(
+                evidence.build(doc, costs=interface.design_costs()), out)
             print("report: " + ", ".join(str(p) for p in paths) + f"; JSON: {json_path}")
     bad = [r for r in results if r.status == M.ERROR or (r.status == M.RAN and not r.ok)]
+    for design, runs in (meta.get("qtest") or {}).items():
+        for q in runs:
+            if not q.get("ok"):
+                print(f"hashlab compare: the qtest driver on {design} (vhost "
+                      f"{'on' if q.get('vhost') else 'off'}) did not pass: "
+                      f"{q.get('error') or 'see compare.json'}", file=sys.stderr)
+                bad.append(q)
     if bad:
         return Exit.FAILED
     not_run = [r for r in results if r.status != M.RAN]

@@ -176,6 +176,8 @@ class Libbpf:
             "bpf_program__fd": (ci, [vp]),
             "bpf_map__fd": (ci, [vp]),
             "bpf_map__value_size": (ctypes.c_uint32, [vp]),
+            "bpf_map__key_size": (ctypes.c_uint32, [vp]),
+            "bpf_map__max_entries": (ctypes.c_uint32, [vp]),
             "bpf_map_update_elem": (ci, [ci, vp, vp, ctypes.c_uint64]),
             "bpf_map_lookup_elem": (ci, [ci, vp, vp]),
             "bpf_map_get_next_id": (ci, [ctypes.c_uint32, ctypes.POINTER(ctypes.c_uint32)]),
@@ -337,6 +339,14 @@ class Map:
     def value_size(self) -> int:
         return self.obj.lib.lib.bpf_map__value_size(self.ptr)
 
+    @property
+    def key_size(self) -> int:
+        return self.obj.lib.lib.bpf_map__key_size(self.ptr)
+
+    @property
+    def max_entries(self) -> int:
+        return self.obj.lib.lib.bpf_map__max_entries(self.ptr)
+
     @staticmethod
     def _key(key: int | bytes) -> bytes:
         return struct.pack("<I", key) if isinstance(key, int) else bytes(key)
@@ -452,6 +462,15 @@ class BpfObject:
         lib, out, m = self.lib.lib, [], None
         while m := lib.bpf_object__next_map(self.ptr, m):
             out.append(lib.bpf_map__name(m).decode())
+        return out
+
+    def map_bytes(self) -> dict[str, int]:
+        """Per map, what its entries hold: (key + value size) x max entries, in bytes
+        (the kernel's own overhead per map not included)."""
+        out = {}
+        for name in self.map_names():
+            m = self.map(name)
+            out[name] = (m.key_size + m.value_size) * m.max_entries
         return out
 
     def map(self, name: str) -> Map:

@@ -50,6 +50,22 @@ def die_with_parent() -> None:
     ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def where_stuck(pid: int) -> str:
+    """Each thread of PID: its name, state and kernel stack (/proc/PID/task/*/stack, root
+    and CONFIG_STACKTRACE), so that a QEMU stuck in the kernel shows where."""
+    out = []
+    for task in sorted(Path(f"/proc/{pid}/task").glob("*"), key=lambda p: int(p.name)):
+        def read(name: str) -> str:
+            try:
+                return (task / name).read_text(errors="replace").strip()
+            except OSError as e:
+                return f"({e.strerror})"
+        state = read("stat").rsplit(")", 1)[-1].split()[:1]
+        out.append(f"  {task.name} {read('comm')} {''.join(state)} wchan={read('wchan')}")
+        out += [f"      {ln}" for ln in read("stack").splitlines()]
+    return "\n".join(out) or f"  (no /proc/{pid}/task)"
+
+
 def panic_line(console: bytes) -> str:
     """The console's panic line ("" when it shows none)."""
     m = PANIC_BYTES_RE.search(console)
@@ -216,6 +232,8 @@ class QemuProcess:
         for step, sig, idle in SHUTDOWN_STEPS:
             if not self.running or (sig is None and not can_quit):
                 continue
+            if sig == signal.SIGKILL:  # it outlived quit and SIGTERM: say where it is stuck
+                self.note("QEMU did not stop; its threads:\n" + where_stuck(self.proc.pid))
             self.note(f"shutdown: {step}")
             if sig is not None:
                 self._signal(sig)

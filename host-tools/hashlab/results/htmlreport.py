@@ -1,71 +1,23 @@
-"""The comparison as a Markdown and an HTML report, with hand-written SVG bar charts.
+"""The demo's report, rendered from its JSON document (``results.evidence``):
+``report.md`` (plain Markdown tables), ``report.html`` (the same Markdown through
+Python-Markdown, the charts inlined as SVG, no external resources), the charts as SVG
+files next to them, ``summary.txt`` and a JUnit file.
 
-No plotting library: ``queue_svg`` draws, per receive queue, how many frames the spec
-put there (expected) next to how many the guest saw there (observed).  The Markdown
-report links the SVG files; the HTML report inlines them.
+Rendering is a pure function of the document: ``write_reports(doc, out)`` twice gives
+the same files, and so does a run of ``hashlab report --from report.json``.
 """
 
 from __future__ import annotations
 
-import html
+import json
+import re
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import markdown as mdlib
+
+from . import charts
 from . import matrix as M
-
-EXPECTED_COLOUR = "#9aa5b1"
-OBSERVED_COLOUR = "#2f6fb0"
-WRONG_COLOUR = "#c0392b"
-
-
-def queue_svg(queues: dict[str, dict[str, int]], title: str, width: int = 360,
-              height: int = 200) -> str:
-    """Grouped bars: expected (grey) and observed (blue; red when it differs) per queue."""
-    qs = sorted(queues, key=lambda q: int(q))
-    peak = max([1] + [max(v.get("expected", 0), v.get("observed", 0)) for v in queues.values()])
-    left, right, top, bottom = 40, 10, 28, 34
-    pw, ph = width - left - right, height - top - bottom
-    group = pw / max(len(qs), 1)
-    bar = min(28.0, group / 2.6)
-    e = html.escape
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
-           f'<title>{e(title)}</title>',
-           f'<text x="{width / 2:.0f}" y="14" text-anchor="middle" font-size="12">{e(title)}</text>',
-           f'<line x1="{left}" y1="{top + ph}" x2="{left + pw}" y2="{top + ph}" stroke="#333"/>',
-           f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + ph}" stroke="#333"/>']
-    for frac in (0.5, 1.0):
-        y = top + ph - ph * frac
-        out.append(f'<text x="{left - 4}" y="{y + 4:.1f}" text-anchor="end">'
-                   f'{round(peak * frac)}</text>')
-        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + pw}" y2="{y:.1f}" '
-                   f'stroke="#ddd"/>')
-    for i, q in enumerate(qs):
-        v = queues[q]
-        x0 = left + group * i + (group - 2 * bar) / 2
-        for j, (kind, colour) in enumerate((("expected", EXPECTED_COLOUR),
-                                            ("observed", OBSERVED_COLOUR))):
-            n = v.get(kind, 0)
-            if kind == "observed" and n != v.get("expected", 0):
-                colour = WRONG_COLOUR
-            h = ph * n / peak
-            x = x0 + j * bar
-            out.append(f'<rect x="{x:.1f}" y="{top + ph - h:.1f}" width="{bar - 2:.1f}" '
-                       f'height="{h:.1f}" fill="{colour}"><title>queue {e(q)} {kind}: {n}'
-                       f'</title></rect>')
-            out.append(f'<text x="{x + bar / 2 - 1:.1f}" y="{top + ph - h - 3:.1f}" '
-                       f'text-anchor="middle" font-size="9">{n}</text>')
-        out.append(f'<text x="{x0 + bar:.1f}" y="{top + ph + 14}" text-anchor="middle">'
-                   f'q{e(q)}</text>')
-    ly = height - 8
-    out.append(f'<rect x="{left}" y="{ly - 9}" width="10" height="10" fill="{EXPECTED_COLOUR}"/>'
-               f'<text x="{left + 14}" y="{ly}">expected (spec)</text>'
-               f'<rect x="{left + 120}" y="{ly - 9}" width="10" height="10" '
-               f'fill="{OBSERVED_COLOUR}"/><text x="{left + 134}" y="{ly}">observed</text>'
-               f'<rect x="{left + 200}" y="{ly - 9}" width="10" height="10" '
-               f'fill="{WRONG_COLOUR}"/><text x="{left + 214}" y="{ly}">observed, differs</text>')
-    out.append("</svg>")
-    return "\n".join(out)
-
 
 LEGEND = """\
 * **hash report offered**: QEMU offers `VIRTIO_NET_F_HASH_REPORT` to the guest (and whether
@@ -77,96 +29,313 @@ LEGEND = """\
   queue the spec's RSS steering picks.
 * **verdict**: the row judged against its *own* model (what that datapath is known to do:
   QEMU's software path with its pinned quirks, the spec for the patched eBPF program, or
-  no hash at all for the mismatched pairing).  PASS = exactly as expected."""
+  no hash at all for the mismatched pairing).  PASS = exactly as expected; REGRESSION =
+  the row lost what the same QEMU got from the kernel without any series."""
+
+CSS = """
+body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;font-size:13px;margin:0.5em 0}
+td,th{border:1px solid #bbb;padding:4px 6px;text-align:left;vertical-align:top}
+th{background:#eef}
+td.pass{color:#1e7b34}td.fail,td.regression{color:#c0392b;font-weight:bold}
+pre{background:#f6f6f6;padding:8px;white-space:pre-wrap;overflow-wrap:anywhere}
+code{background:#f3f3f3;padding:0 2px}
+.charts{display:flex;flex-wrap:wrap;gap:12px}
+figure{margin:0}svg{max-width:100%;height:auto}
+"""
 
 
-def markdown(rows: list[M.RowResult], meta: dict, svgs: dict[str, str]) -> str:
-    lines = ["# hashlab: virtio-net hash reporting, datapath by datapath", ""]
-    t = meta.get("timings", {})
-    lines += [f"Run {meta.get('finished', '?')}; base scenario `{meta.get('base')}`; "
-              f"host kernel {meta.get('host_kernel')}; wall time "
-              + ", ".join(f"{k} {v:.0f}s" for k, v in t.items()) + ".", ""]
-    lines += [M.render_table(rows), "", LEGEND, "", "## Per report type (against the spec)",
-              "", "```", M.render_types(rows), "```", ""]
+def _cell(text) -> str:
+    """A Markdown table cell: no pipes, no emphasis by accident, no raw HTML."""
+    s = str(text).replace("\n", " ").replace("|", "\\|").replace("*", "\\*")
+    s = s.replace("<", "&lt;")
+    return re.sub(r"(^|\s)_", r"\1\\_", s)
+
+
+def md_table(head: list[str], body: list[list]) -> str:
+    rows = [[_cell(h) for h in head]] + [[_cell(c) for c in b] for b in body]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+    return "\n".join([line(rows[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+                     + [line(r) for r in rows[1:]])
+
+
+def _lines(pair) -> str:
+    return f"+{pair[0]}/−{pair[1]}"
+
+
+# --------------------------------------------------------------------------- charts
+
+
+def chart_svgs(doc: dict) -> dict[str, str]:
+    """name -> SVG text, for every chart the document has data for."""
+    out = {}
+    for r in doc["correctness"]["rows"]:
+        q = (r.get("spec") or {}).get("queues") if r["status"] == M.RAN else None
+        if q:
+            out[f"queues-{r['id']}"] = charts.queues(q, f"{r['id']}: frames per queue")
+    pp = doc["cost"].get("per_packet")
+    if pp:
+        series = [{"name": s["name"],
+                   "values": [s["classes"].get(c, {}).get("median") for c in pp["classes"]],
+                   "low": [s["classes"].get(c, {}).get("low", 0) for c in pp["classes"]],
+                   "high": [s["classes"].get(c, {}).get("high", 0) for c in pp["classes"]]}
+                  for s in pp["subjects"]]
+        out["cost-per-packet"] = charts.cost_bars(
+            pp["classes"], series, "hashing, ns per packet (host)", "ns per packet")
+    dp = doc["cost"].get("datapath")
+    if dp and any(r.get("host_cpu_us_per_frame") for r in dp["rows"]):
+        rows = [r for r in dp["rows"] if r.get("host_cpu_us_per_frame")]
+        out["cost-datapath"] = charts.cost_bars(
+            [r["scenario"] for r in rows],
+            [{"name": "host CPU per frame",
+              "values": [r["host_cpu_us_per_frame"] for r in rows],
+              "low": [r["low"] for r in rows], "high": [r["high"] for r in rows]}],
+            "host CPU per frame at a fixed rate (lab VM)", "µs per frame")
+    return out
+
+
+# --------------------------------------------------------------------------- Markdown
+
+
+def _types_table(rows: list[M.RowResult]) -> str:
+    """One line per row that ran: hashes right / frames seen, per report type."""
+    ran = [r for r in rows if r.status == M.RAN and r.spec.get("by_type")]
+    if not ran:
+        return "(no row ran)"
+    types = [t for t in M.REPORT_ORDER if any(t in r.spec["by_type"] for r in ran)]
+    body = []
+    for r in ran:
+        cells = [r.id]
+        for t in types:
+            b = r.spec["by_type"].get(t)
+            cells.append("n/a" if b and not r.spec.get("check_hash") else
+                         "—" if not b else f"{b['hash_right']}/{b['seen']}")
+        cells.append(f"{r.spec['queue_right']}/{r.spec['queue_checked']}"
+                     if r.spec.get("queue_checked") else "—")
+        body.append(cells)
+    return md_table(["row"] + types + ["queues right"], body)
+
+
+def _qtest_md(doc: dict) -> list[str]:
+    from .evidence import qtest_runs
+
+    runs = qtest_runs(doc)
+    if not runs:
+        return []
+    setups = []
+    for _, q in runs:
+        for st in q.get("setups", []):
+            if st["setup"] not in setups:
+                setups.append(st["setup"])
+    body = []
+    for design, q in runs:
+        by = {st["setup"]: st for st in q.get("setups", [])}
+        ref = q.get("refused", [])
+        body.append([design, "on" if q.get("vhost") else "off",
+                     "error: " + q["error"] if q.get("error") else
+                     ("yes" if q.get("hash_report_negotiated") else "no")]
+                    + [f"{by[n]['right']['all']}/{by[n]['received']}"
+                       + (f" ({by[n]['missing']} lost)" if by[n]["missing"] else "")
+                       if n in by else "—" for n in setups]
+                    + [",".join(str(v) for v in by[setups[0]]["reports_seen"])
+                       if setups and setups[0] in by else "—",
+                       f"{sum(r['refused'] and r['still_right'] == r['probe'] for r in ref)}"
+                       f"/{len(ref)}" if ref else "—",
+                       "PASS" if q.get("ok") else "FAIL"])
+    return ["### The exact report values: a virtio-net driver over qtest", "",
+            "hashlab's own driver (the Linux guest shows only L3/L4) reads the raw receive "
+            "header of every corpus frame: frames with hash, report value and queue as the "
+            "spec gives them / frames received, per configuration; then each refused "
+            "RSS_CONFIG must leave the previous configuration hashing.", "",
+            md_table(["design", "vhost", "HASH_REPORT"] + setups
+                     + [f"report values ({setups[0]})" if setups else "report values",
+                        "refused, kept the old one", "verdict"], body), ""]
+
+
+def _cost_md(doc: dict, chart) -> list[str]:
+    out = ["## Cost", ""]
+    pp = doc["cost"].get("per_packet")
+    if pp:
+        out += [f"### Hashing, ns per packet (host, kernel {pp.get('kernel')})", "",
+                md_table(["who hashes"] + pp["classes"] + ["what"],
+                         [[s["name"]] + [
+                             (f"{c['best']:.1f} ({c['x_upstream']:.2f}x)"
+                              if c.get("x_upstream") is not None else f"{c['best']:.1f}")
+                             if (c := s["classes"].get(k)) else "—" for k in pp["classes"]]
+                          + [s["desc"]] for s in pp["subjects"]]),
+                "", f"Cells: the best sample in ns (÷ upstream's best). {pp['note']}.", "",
+                chart("cost-per-packet", "ns per packet"), ""]
+        if pp.get("memory"):
+            out += ["### Memory per device in the kernel", "",
+                    md_table(["who hashes", "bytes", "what"],
+                             [[m["name"], m["bytes"], m["desc"]] for m in pp["memory"]]),
+                    "", "eBPF: the program's maps, (key + value) x entries; tun: its "
+                    "configuration structure (key, Toeplitz tables, indirection table). "
+                    "QEMU's own peak RSS is in the datapath table.", ""]
+    else:
+        out += ["Per-packet hashing cost: not measured in this run.", ""]
+    dp = doc["cost"].get("datapath")
+    if dp:
+        out += ["### Host CPU per frame through each datapath (lab VM, fixed rate)", "",
+                md_table(["datapath", "design", "vhost", "hash report", "host CPU µs/frame",
+                          "rounds' range", "x userspace", "x stock vhost", "QEMU peak RSS",
+                          "wrong records"],
+                         [[r["scenario"], r["design"], "on" if r["vhost"] else "off",
+                           "yes" if r["hash_report"] else "no",
+                           r["host_cpu_us_per_frame"] if r["host_cpu_us_per_frame"] is not None
+                           else "—", f"{r['low']}–{r['high']}" if r["rounds"] else "—",
+                           r["x_userspace"] or "—", r["x_stock_vhost"] or "—",
+                           f"{r['qemu_peak_rss_mib']} MiB" if r["qemu_peak_rss_mib"] else "—",
+                           r["wrong"] if r["wrong"] is not None else "—"]
+                          for r in dp["rows"]]),
+                "", f"{dp['note']}.", "", chart("cost-datapath", "host CPU per frame"), ""]
+    else:
+        out += ["Host CPU per frame: not measured in this run (`hashlab bench datapath`).", ""]
+    return out
+
+
+def _interface_md(doc: dict) -> list[str]:
+    itf = doc["interface"]
+    if not itf:
+        return []
+    out = ["## Interface", "",
+           md_table(["design", "UAPI items", "kfuncs", "kernel lines", "selftest lines",
+                     "QEMU patches", "QEMU C lines", "QEMU eBPF lines"],
+                    [[i["design"], i["uapi_items"], len(i["kfuncs"]) or "—",
+                      _lines(i["kernel_lines"]), _lines(i["selftest_lines"]),
+                      ",".join(str(n) for n in i["qemu_patches"]), _lines(i["qemu_c_lines"]),
+                      _lines(i["qemu_ebpf_lines"])] for i in itf]),
+           "", "Counted over the committed patches' diff lines (kernel: without tools/ and "
+           "selftests; QEMU: without the generated skeletons).", ""]
+    for i in itf:
+        out += [f"### {i['design']}", "",
+                f"* UAPI: {', '.join(f'`{u}`' for u in i['uapi']) or 'none'}"
+                + (f"; kfuncs (not UAPI by the kernel's rules): "
+                   f"{', '.join(f'`{k}`' for k in i['kfuncs'])}" if i["kfuncs"] else ""),
+                f"* what QEMU needs: {i['privileges']}",
+                f"* the stock QEMU on this kernel (vhost on): {i['old_qemu_new_kernel']}",
+                f"* this QEMU on the kernel without a series (vhost on): "
+                f"{i['new_qemu_old_kernel']}",
+                f"* migration: {i['migration']}", ""]
+    return out
+
+
+def markdown(doc: dict, chart=None) -> str:
+    """The report as Markdown; CHART(name, alt) gives the text standing for a chart
+    (default: an image link to name.svg)."""
+    chart = chart or (lambda name, alt: f"![{alt}]({name}.svg)")
+    svgs = set(doc.get("charts", []))
+    ch = lambda name, alt: chart(name, alt) if name in svgs else ""
+    m = doc["meta"]
+    rows = [M.RowResult.from_json(r) for r in doc["correctness"]["rows"]]
+    t = m.get("timings", {})
+    lines = ["# hashlab: virtio-net hash reporting, design by design", "",
+             f"Run {m.get('finished', '?')}; hashlab `{m.get('commit', '?')}`; "
+             f"{m.get('versions', '')}; base scenario `{m.get('base')}`.", "",
+             f"Reproduce: `{m.get('reproduce', 'scripts/demo')}`", "",
+             "## Summary for the thread", "", "```text", doc["summary"], "```", "",
+             "## Correctness", "", M.render_table(rows).replace("*", "\\*"), "", LEGEND, "",
+             "### Hashes right, by report type (against the spec)", "",
+             _types_table(rows), ""]
+    cross = doc["correctness"]["cross_pairings"]
+    if cross:
+        lines += ["### Each QEMU on each kernel", ""]
+        lines += [f"* `{c['row']}`: {c['qemu']} QEMU on the {c['kernel']} kernel, vhost "
+                  f"{'on' if c['vhost'] else 'off'}: {c['what']}" for c in cross]
+        lines.append("")
+    lines += _qtest_md(doc)
     notes = M.render_notes(rows)
     if notes:
-        lines += ["## What QEMU said", "", "```", notes, "```", ""]
-    lines += ["## Receive queues: expected (spec) vs observed", ""]
-    for r in rows:
-        if r.id in svgs:
-            lines += [f"### {r.id}: {r.datapath}", "", f"![queues of {r.id}]({svgs[r.id]})", ""]
+        lines += ["### What QEMU said", "", "```text", notes, "```", ""]
+    lines += _cost_md(doc, ch)
+    lines += _interface_md(doc)
+    q = [r for r in rows if f"queues-{r.id}" in svgs]
+    if q:
+        lines += ["## Receive queues: expected (spec) vs observed", ""]
+        for r in q:
+            lines += [f"### {r.id}: {r.datapath}", "", ch(f"queues-{r.id}", f"queues of {r.id}"),
+                      ""]
     lines += ["## Rows", ""]
-    for r in rows:
-        lines.append(f"* `{r.id}` — {r.datapath}: {M.verdict(r)}"
-                     + (f" (results: `{r.results_dir}`)" if r.results_dir else ""))
+    lines += [f"* `{r.id}`: {M.verdict(r)}" + (f" (results: `{r.results_dir}`)"
+                                                if r.results_dir else "") for r in rows]
+    phases = m.get("phases") or {}
+    lines += ["", "## Wall time", "",
+              md_table(["phase", "seconds"], [[k, f"{v:.0f}"] for k, v in
+                                              {**phases, **t}.items()]), ""]
     return "\n".join(lines) + "\n"
 
 
-def _html_table(rows: list[M.RowResult]) -> str:
-    e = html.escape
-    head = "".join(f"<th>{e(c)}</th>" for c in M.TABLE_COLUMNS)
-    body = []
-    for r, cells in zip(rows, M.table_rows(rows)):
-        cls = ("pass" if r.ok else "fail") if r.status == M.RAN else "skip"
-        body.append(f'<tr class="{cls}">' + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+_VERDICT_CLASS = (("REGRESSION", "regression"), ("FAIL", "fail"), ("PASS", "pass"),
+                  ("error", "fail"))
 
 
-def html_report(rows: list[M.RowResult], meta: dict, svg_text: dict[str, str]) -> str:
-    e = html.escape
-    t = meta.get("timings", {})
-    parts = ["<!doctype html><html><head><meta charset='utf-8'>",
-             "<title>hashlab comparison</title><style>",
-             "body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}",
-             "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #bbb;"
-             "padding:4px 6px;text-align:left;vertical-align:top}th{background:#eef}",
-             "tr.pass td:nth-child(7){color:#1e7b34}tr.fail td:nth-child(7){color:#c0392b;"
-             "font-weight:bold}tr.skip td{color:#777}",
-             "pre{background:#f6f6f6;padding:8px;overflow-x:auto}",
-             ".charts{display:flex;flex-wrap:wrap;gap:12px}",
-             "</style></head><body>",
-             "<h1>hashlab: virtio-net hash reporting, datapath by datapath</h1>",
-             f"<p>Run {e(str(meta.get('finished', '?')))}; base scenario "
-             f"<code>{e(str(meta.get('base')))}</code>; host kernel "
-             f"{e(str(meta.get('host_kernel')))}; wall time "
-             + e(", ".join(f"{k} {v:.0f}s" for k, v in t.items())) + ".</p>",
-             _html_table(rows),
-             "<ul>" + "".join(f"<li>{e(li.lstrip('* '))}</li>" for li in
-                              LEGEND.replace("\n  ", " ").splitlines()) + "</ul>",
-             "<h2>Per report type (against the spec)</h2>",
-             f"<pre>{e(M.render_types(rows))}</pre>"]
-    notes = M.render_notes(rows)
-    if notes:
-        parts += ["<h2>What QEMU said</h2>", f"<pre>{e(notes)}</pre>"]
-    parts.append("<h2>Receive queues: expected (spec) vs observed</h2><div class='charts'>")
-    for r in rows:
-        if r.id in svg_text:
-            parts.append(f"<figure>{svg_text[r.id]}<figcaption>{e(r.id)}: "
-                         f"{e(r.datapath)}</figcaption></figure>")
-    parts.append("</div><h2>Rows</h2><ul>")
-    for r in rows:
-        parts.append(f"<li><code>{e(r.id)}</code> — {e(r.datapath)}: {e(M.verdict(r))}"
-                     + (f" (<code>{e(r.results_dir)}</code>)" if r.results_dir else "") + "</li>")
-    parts.append("</ul></body></html>")
-    return "\n".join(parts) + "\n"
+def html_report(doc: dict, svgs: dict[str, str]) -> str:
+    text = markdown(doc, chart=lambda name, alt: f"CHART:{name}")
+    body = mdlib.markdown(text, extensions=["tables", "fenced_code"], output_format="html")
+    for name, svg in svgs.items():
+        body = body.replace(f"<p>CHART:{name}</p>", f"<figure>{svg}</figure>")
+    for word, cls in _VERDICT_CLASS:
+        body = body.replace(f"<td>{word}", f'<td class="{cls}">{word}')
+    return ("<!doctype html><html><head><meta charset='utf-8'>"
+            f"<title>hashlab report</title><style>{CSS}</style></head><body>\n"
+            f"{body}\n</body></html>\n")
 
 
-def write_reports(rows: list[M.RowResult], meta: dict, out: Path) -> list[Path]:
-    """OUT/report.md, OUT/report.html and OUT/queues-<row>.svg; returns the reports."""
+def junit(doc: dict) -> str:
+    """One testcase per comparison row, and one per benchmark that ran."""
+    suite = ET.Element("testsuite", name="hashlab-demo")
+    n = fails = 0
+    for r in doc["correctness"]["rows"]:
+        row = M.RowResult.from_json(r)
+        tc = ET.SubElement(suite, "testcase", classname="demo.correctness", name=row.id,
+                           time=f"{row.seconds:.1f}")
+        n += 1
+        if not (row.status == M.RAN and row.ok):
+            fails += 1
+            v = M.verdict(row)
+            ET.SubElement(tc, "failure", message=v[:200]).text = v
+    from .evidence import qtest_runs
+
+    for design, q in qtest_runs(doc):
+        tc = ET.SubElement(suite, "testcase", classname="demo.qtest",
+                           name=f"{design}-vhost-{'on' if q.get('vhost') else 'off'}",
+                           time=f"{q.get('seconds', 0):.1f}")
+        n += 1
+        if not q.get("ok"):
+            fails += 1
+            msg = q.get("error") or "; ".join(
+                w for st in q.get("setups", []) for w in st["first_wrong"])[:2000] or \
+                "a refused configuration did not keep the old one"
+            ET.SubElement(tc, "failure", message=msg[:200]).text = msg
+    dp = doc["cost"].get("datapath")
+    if dp:
+        tc = ET.SubElement(suite, "testcase", classname="demo.cost", name="datapath")
+        n += 1
+        if not dp["ok"]:
+            fails += 1
+            ET.SubElement(tc, "failure", message=f"{dp.get('wrong_records')} wrong records "
+                          "under load, or a row failed")
+    suite.set("tests", str(n))
+    suite.set("failures", str(fails))
+    root = ET.Element("testsuites")
+    root.append(suite)
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def write_reports(doc: dict, out: Path) -> list[Path]:
+    """OUT/report.{json,md,html}, the charts as OUT/<name>.svg, OUT/summary.txt and
+    OUT/junit-demo.xml; returns the paths of the reports."""
     out.mkdir(parents=True, exist_ok=True)
-    svg_files: dict[str, str] = {}
-    svg_text: dict[str, str] = {}
-    for r in rows:
-        q = r.spec.get("queues") if r.status == M.RAN else None
-        if q:
-            text = queue_svg(q, f"{r.id}: frames per receive queue")
-            name = f"queues-{r.id}.svg"
-            (out / name).write_text(text + "\n")
-            svg_files[r.id] = name
-            svg_text[r.id] = text
-    md = out / "report.md"
-    md.write_text(markdown(rows, meta, svg_files))
-    ht = out / "report.html"
-    ht.write_text(html_report(rows, meta, svg_text))
-    return [md, ht]
-
+    svgs = chart_svgs(doc)
+    doc["charts"] = sorted(svgs)
+    for name, svg in svgs.items():
+        (out / f"{name}.svg").write_text(svg)
+    paths = {"json": out / "report.json", "md": out / "report.md", "html": out / "report.html"}
+    paths["json"].write_text(json.dumps(doc, indent=1, default=str) + "\n")
+    paths["md"].write_text(markdown(doc))
+    paths["html"].write_text(html_report(doc, svgs))
+    (out / "summary.txt").write_text(doc["summary"] + "\n")
+    (out / "junit-demo.xml").write_text(junit(doc))
+    return list(paths.values())

@@ -43,6 +43,9 @@ class RowResult:
     checks: list[dict] = field(default_factory=list)
     retries: list[str] = field(default_factory=list)  # VM failures retried (nested KVM)
     regression: str = ""  # what it lost against its baseline row (the kernel without the series)
+    # The row failed because a VM failed (after its own retries), or did not run because
+    # the lab VM was stuck after another row's VM failure: worth a fresh lab VM boot.
+    vm_error: str = ""
 
     def to_json(self) -> dict:
         return asdict(self)

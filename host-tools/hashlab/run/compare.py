@@ -38,8 +38,9 @@ from typing import Callable
 
 import yaml
 
-from .. import designs
+from .. import designs, retries
 from ..host import datapath
+from ..host.machine import GuestHang, QemuExited, QemuStartError
 from ..results import report
 from ..oracle import rss
 from ..errors import HashlabError, MissingToolError, UsageError
@@ -359,6 +360,8 @@ async def run_row(row: Row, base: dict, out: Path, guest_kernel: str | None,
         r.seconds = round(time.monotonic() - t0, 1)
         r.results_dir = str(out / row.id)
         r.ok = False
+        if isinstance(e, (QemuStartError, GuestHang, QemuExited)):
+            r.vm_error = type(e).__name__
         return r
     return row_result_from_run(row, res, time.monotonic() - t0)
 
@@ -370,9 +373,20 @@ def run_rows(rows: list[Row], out: Path, base: dict, guest_kernel: str | None = 
     PROGRESS (if given) gets the results so far after every row."""
     here_lab = datapath.in_lab()
     results = []
+    stuck = ""  # in the lab VM: the row whose VM failed past its retries
     for i, row in enumerate(rows, 1):
         why = availability(row, here_lab)
-        if why:
+        if stuck and not why:
+            # Nested KVM under TCG: after a guest that stalls past its retries, this lab
+            # VM starts no QEMU any more (each row would time out); the caller boots a
+            # fresh lab VM for these rows.
+            echo(f"hashlab compare: [{i}/{len(rows)}] {row.id}: not run here: the lab VM "
+                 f"is stuck after {stuck}'s VM failure")
+            r = placeholder(row, ERROR, f"not run: the lab VM was stuck after {stuck}'s "
+                            "VM failure")
+            r.vm_error = "lab VM stuck"
+            results.append(r)
+        elif why:
             echo(f"hashlab compare: [{i}/{len(rows)}] {row.id}: {why[0]}: {why[1]}")
             results.append(placeholder(row, *why))
         else:
@@ -380,6 +394,8 @@ def run_rows(rows: list[Row], out: Path, base: dict, guest_kernel: str | None = 
             r = asyncio.run(run_row(row, base, out, guest_kernel, echo))
             echo(f"hashlab compare: [{i}/{len(rows)}] {row.id}: {verdict(r)} ({r.seconds:.0f}s)")
             results.append(r)
+            if here_lab and r.vm_error:
+                stuck = row.id
         if progress:
             progress(results)
     return results
@@ -406,13 +422,34 @@ def merge(order: list[Row], *parts: list[RowResult]) -> list[RowResult]:
 
 
 def lab_argv(rows: list[Row], json_out: Path, out: Path, base: Path,
-             guest_kernel: str | None) -> list[str]:
+             guest_kernel: str | None, qtest: bool = False) -> list[str]:
     argv = datapath.hashlab_argv("compare", "--rows", ",".join(r.id for r in rows),
                                  "--json", str(json_out), "--out", str(out),
                                  "--base", str(base), "--quiet-table")
     if guest_kernel:
         argv += ["--guest-kernel", guest_kernel]
+    if qtest:
+        argv.append("--qtest")
     return argv
+
+
+def qtest_here(echo) -> list[dict]:
+    """The qtest driver's verdict with the patched QEMU on this kernel, vhost off and on
+    (``run.qtest_check``); a failure to run is a result too, never an exception."""
+    from . import qtest_check
+
+    out = []
+    for vhost in (False, True):
+        try:
+            res = qtest_check.check(datapath.patched_qemu(), vhost)
+        except (HashlabError, OSError, AssertionError) as e:
+            res = {"vhost": vhost, "error": f"{type(e).__name__}: {str(e).splitlines()[0]}"}
+        res["ok"] = "error" not in res and qtest_check.ok(res)
+        echo(f"hashlab compare: qtest driver, vhost {'on' if vhost else 'off'}: "
+             + ("ok" if res["ok"] else f"NOT ok {res.get('error', '')}")
+             + f" ({res.get('seconds', 0):.0f}s)")
+        out.append(res)
+    return out
 
 
 def lab_part_name(design: str) -> str:
@@ -423,8 +460,9 @@ def lab_part_name(design: str) -> str:
 
 def _lab_part(runnable: list[Row], design: designs.Design, out: Path, base: dict,
               base_path: Path, guest_kernel: str | None, lab_timeout: float,
-              echo) -> list[RowResult]:
-    """RUNNABLE in one lab VM boot of DESIGN's kernel."""
+              echo, qtest: bool = False) -> tuple[list[RowResult], list[dict] | None]:
+    """RUNNABLE in one lab VM boot of DESIGN's kernel (and with QTEST the qtest driver's
+    verdict there)."""
     json_out = out / f"{lab_part_name(design.name)}-rows.json"
     json_out.unlink(missing_ok=True)
     try:
@@ -433,8 +471,9 @@ def _lab_part(runnable: list[Row], design: designs.Design, out: Path, base: dict
                                       {sc.corpus.seed for sc in scs}, out,
                                       {r.qemu for r in runnable})
     except HashlabError as e:
-        return [placeholder(r, NOT_BUILT, f"preparing the lab run: {e}") for r in runnable]
-    argv = lab_argv(runnable, json_out, out, base_path, guest_kernel)
+        return [placeholder(r, NOT_BUILT, f"preparing the lab run: {e}")
+                for r in runnable], None
+    argv = lab_argv(runnable, json_out, out, base_path, guest_kernel, qtest)
     which = "" if design.name == designs.DEFAULT else \
         f" ({design.name} kernel{'' if design.series else ', no series'})"
     echo(f"hashlab compare: booting the lab VM{which}"
@@ -446,22 +485,29 @@ def _lab_part(runnable: list[Row], design: designs.Design, out: Path, base: dict
     except HashlabError as e:
         status = f"lab VM failed: {str(e).splitlines()[0]}"
     echo(f"hashlab compare: {status}")
-    got = []
+    got, qt = [], None
     if json_out.is_file():
         with contextlib.suppress(ValueError, UsageError):
-            got = rows_from_json(json.loads(json_out.read_text()))
+            doc = json.loads(json_out.read_text())
+            got = rows_from_json(doc)
+            qt = (doc.get("meta", {}).get("qtest") or {}).get(design.name)
+    if qtest and qt is None:
+        qt = [{"error": f"no qtest result from the lab VM ({status})", "ok": False}]
     have = {r.id for r in got}
     return got + [placeholder(r, ERROR, f"no result from the lab VM ({status})")
-                  for r in runnable if r.id not in have]
+                  for r in runnable if r.id not in have], qt
 
 
 def compare(rows: list[Row], out: Path, base_path: Path, guest_kernel: str | None = None,
             lab_timeout: float = 2400, echo: Callable[[str], None] = print,
-            run_lab: bool = True, json_path: Path | None = None) -> tuple[list[RowResult], dict]:
+            run_lab: bool = True, json_path: Path | None = None,
+            qtest: bool = False) -> tuple[list[RowResult], dict]:
     """Run ROWS: those for here directly, lab rows in one lab VM boot; merged, in order.
 
     With JSON_PATH the rows run here are written there after each one (so a lab VM that
-    runs out of time still reports the rows it finished)."""
+    runs out of time still reports the rows it finished).  With QTEST, each lab boot of a
+    design with a series also runs the qtest driver (``meta["qtest"][design]``); in the
+    lab VM itself, this kernel's."""
     base = load_base(base_path)
     out = Path(out).resolve()  # the lab VM runs elsewhere (cwd: the checkout)
     base_path = Path(base_path).resolve()
@@ -481,6 +527,12 @@ def compare(rows: list[Row], out: Path, base_path: Path, guest_kernel: str | Non
 
     results_local = run_rows(local, out, base, guest_kernel, echo, progress)
     timings["here"] = round(time.monotonic() - t0, 1)
+    qtests: dict[str, list[dict]] = {}
+    if qtest and here_lab:
+        stuck = [r.id for r in results_local if r.vm_error]
+        qtests[datapath.running_design()] = qtest_here(echo) if not stuck else [
+            {"error": f"not run: the lab VM was stuck after {stuck[0]}'s VM failure",
+             "ok": False, "lab_stuck": True}]
 
     results_lab: list[RowResult] = []
     runnable = []
@@ -500,8 +552,30 @@ def compare(rows: list[Row], out: Path, base_path: Path, guest_kernel: str | Non
         group = [r for r in runnable if r.design == d.name]
         if group:
             t1 = time.monotonic()
-            results_lab += _lab_part(group, d, out, base, base_path, guest_kernel,
-                                     lab_timeout, echo)
+            want_qt = qtest and d.series is not None
+            part, qt = _lab_part(group, d, out, base, base_path, guest_kernel,
+                                 lab_timeout, echo, qtest=want_qt)
+            again = [r for r in group if any(x.id == r.id and x.vm_error for x in part)]
+            qt_again = want_qt and any(q.get("lab_stuck") for q in qt or [])
+            if again:
+                # One fresh lab VM for what a stuck one could not run; counted and shown.
+                why = next((x.reason for x in part if x.vm_error), "the qtest driver")
+                echo(f"hashlab compare: booting the lab VM again for {len(again)} row(s)"
+                     f"{' and the qtest driver' if qt_again else ''} (retry: {why[:150]})")
+                retries.record("lab", f"{d.name}: {why}")
+                part2, qt2 = _lab_part(again, d, out, base, base_path, guest_kernel,
+                                       lab_timeout, echo, qtest=qt_again)
+                first = {x.id: x for x in part}
+                for x in part2:
+                    x.retries = [*first[x.id].retries,
+                                 f"lab VM booted again after: {first[x.id].reason}"]
+                    first[x.id] = x
+                part = [first[r.id] for r in group if r.id in first]
+                if qt_again and qt2 is not None:
+                    qt = qt2
+            results_lab += part
+            if qt is not None:
+                qtests[d.name] = qt
             timings[lab_part_name(d.name)] = round(time.monotonic() - t1, 1)
     merged = merge(rows, results_local, results_lab)
     find_regressions(merged)
@@ -510,4 +584,6 @@ def compare(rows: list[Row], out: Path, base_path: Path, guest_kernel: str | Non
             "host_kernel": datapath.kernel_release(), "in_lab": here_lab,
             "timings": timings, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "argv": shlex.join(sys.argv)}
+    if qtest:
+        meta["qtest"] = qtests
     return merged, meta
