@@ -40,6 +40,8 @@ class Design:
     qemu_patches: tuple[int, ...] = ()
     # What QEMU needs to use the design, in words (for the report's interface table).
     privileges: str = ""
+    # Who computes the hash the patched QEMU's guest gets on this kernel, for labels.
+    hasher: str = "eBPF"
 
     def __post_init__(self):  # a typo here would only show as a wrong verdict much later
         if self.behaviour not in BEHAVIOURS:
@@ -73,7 +75,7 @@ DESIGNS: tuple[Design, ...] = (
            "programs may not)" + _FDS),
     Design("tunrss", "the series' later way: tun hashes itself, set by ioctls",
            "tunrss", hash_report_with_vhost=True, behaviour="spec", cache_kind="kernel-tunrss",
-           qemu_patches=tuple(sorted(_QEMU_COMMON + (11,))),
+           qemu_patches=tuple(sorted(_QEMU_COMMON + (11,))), hasher="tun",
            privileges="none beyond the tap fd QEMU already holds (two ioctls on it); "
            "a passed tap fd works as it is"),
 )

@@ -263,9 +263,14 @@ def run(frames: int | None, rounds: int | None, rate: int | None, out_dir: Path,
     if rate is not None:
         argv += ["--load-rate", str(rate)]
     wanted = [design] if isinstance(design, str) else list(design)
-    plan = [(name, label, path, wanted[0]) for (name, label), path in zip(ROWS, paths)]
+
+    def label_on(label: str, d: str) -> str:  # tunrss: tun hashes, not the program
+        return label.replace("eBPF hash report", f"{designs.get(d).hasher} hash report")
+
+    plan = [(name, label_on(label, wanted[0]) if name in DESIGN_ROWS else label, path,
+             wanted[0]) for (name, label), path in zip(ROWS, paths)]
     for d in wanted[1:]:
-        plan += [(f"{name}@{d}", f"{label} [{d}]", path, d)
+        plan += [(f"{name}@{d}", f"{label_on(label, d)} [{d}]", path, d)
                  for (name, label), path in zip(ROWS, paths) if name in DESIGN_ROWS]
     rows, lab_seconds = [], 0.0
     for name, label, path, row_design in plan:
