@@ -40,13 +40,24 @@ def register(sub):
     p.add_argument("--rodir", action="append", default=[], metavar="DIR",
                    help="a directory CMD reads that lies under /tmp or another tmpfs of the "
                    "lab VM (repeatable)")
+    p.add_argument("--accel", choices=lab.ACCELS, default="tcg",
+                   help="how the lab VM runs: tcg (default), kvm, or auto: KVM when "
+                   "/dev/kvm runs a Linux guest here (probed once per host boot: a test "
+                   "guest, then the lab kernel booted under KVM) and allows nesting, "
+                   "else TCG; says which and why in one line")
     p.add_argument("cmd", nargs="+", metavar="CMD")
     p.set_defaults(func=_run)
 
 
 def _run(args) -> int:
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
-    res = lab.run(cmd, kernel=args.kernel, design=args.design, timeout=args.timeout,
+    accel = args.accel
+    if accel != "tcg":
+        kernel = Path(args.kernel) if args.kernel else lab.default_kernel(
+            designs.get(args.design).name)
+        accel, why = lab.choose_accel(accel, kernel)
+        print(f"hashlab lab: {accel.upper()}: {why}", file=sys.stderr)
+    res = lab.run(cmd, kernel=args.kernel, design=args.design, timeout=args.timeout, accel=accel,
                   memory=args.memory, cpus=args.cpus, verbose=args.verbose, append=args.append,
                   writes=[Path(d) for d in args.rwdir], reads=[Path(d) for d in args.rodir])
     for o in res.oopses:

@@ -11,6 +11,9 @@ a hang and a failing command apart.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import json
 import os
 import re
 import shlex
@@ -27,6 +30,7 @@ from pathlib import Path
 from .. import designs, retries
 from ..errors import Exit, HashlabError, MissingToolError, UsageError
 from ..paths import REPO, cache_root
+from . import kvm
 from .qemu_process import PANIC_RE, load_factor
 
 # Panics, oopses and warnings as the kernel prints them on the console.
@@ -167,6 +171,57 @@ def forwarded_env() -> dict[str, str]:
     return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
 
 
+ACCELS = ("auto", "kvm", "tcg")
+
+
+def probe_cache_path() -> Path:
+    """Where this host boot's KVM verdict is kept (/run: gone with the boot)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = "unknown"
+    return Path("/run/hashlab") / f"kvm-probe-{boot}.json"
+
+
+def kvm_verdict(kernel: Path, refresh: bool = False) -> kvm.KvmProbe:
+    """``kvm.probe`` booting KERNEL, asked once per host boot (it may take half a
+    minute to say no)."""
+    path = probe_cache_path()
+    if not refresh:
+        try:
+            d = json.loads(path.read_text())
+            return kvm.KvmProbe(d["usable"], d["reason"], d["nested"])
+        except (OSError, ValueError, KeyError):
+            pass
+    res = kvm.probe(kernel=kernel)
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(dataclasses.asdict(res)) + "\n")
+    return res
+
+
+def choose_accel(requested: str, kernel: Path) -> tuple[str, str]:
+    """(accel, why in one line) for the lab VM: TCG unless KVM runs guests here and
+    allows nesting (the lab VM runs KVM guests of its own)."""
+    if requested not in ACCELS:
+        raise UsageError(f"--accel must be one of {', '.join(ACCELS)}, not {requested!r}")
+    if requested == "tcg":
+        return "tcg", "asked for TCG"
+    v = kvm_verdict(kernel)
+    nest = ", ".join(f"{m} nested={'1' if on else '0'}" for m, on in v.nested.items()) \
+        or "no kvm_intel/kvm_amd nested parameter"
+    if requested == "kvm":
+        if not v.usable:
+            raise HashlabError(f"--accel kvm: KVM cannot run guests here: {v.reason}")
+        return "kvm", f"asked for KVM ({v.reason}; {nest}" + (
+            "" if v.nesting else "; without nesting the lab's own guests cannot run") + ")"
+    if not v.usable:
+        return "tcg", f"KVM cannot run guests here: {v.reason}"
+    if not v.nesting:
+        return "tcg", f"KVM runs guests here but {nest}: the lab's own guests need nesting"
+    return "kvm", f"KVM runs guests here and {nest}"
+
+
 def run(
     command: list[str] | str,
     *,
@@ -183,6 +238,7 @@ def run(
     verbose: bool = False,
     log: Path | None = None,
     append: list[str] = (),
+    accel: str = "tcg",
 ) -> LabResult:
     """Boot the lab VM, run ``command`` as root in it, return its exit status.
 
@@ -227,8 +283,11 @@ def run(
         tempfile.mkstemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), suffix=".log", dir=log_dir())[1]
     )
     vng = vng_path()
+    if accel not in ("kvm", "tcg"):
+        accel = choose_accel(accel, kernel)[0]
     argv = [
-        vng, "--run", str(kernel), "--disable-kvm", "--force-9p", "--verbose",
+        vng, "--run", str(kernel), *(["--disable-kvm"] if accel == "tcg" else []),
+        "--force-9p", "--verbose",
         "--cpus", str(cpus), "--memory", memory, "--cwd", str(cwd),
         # The repo stays writable so results written in the lab reach the host; the
         # build cache must be passed explicitly, as virtme-ng puts a tmpfs on /var/cache.
