@@ -114,7 +114,7 @@ def test_the_tables_show_the_documents_numbers(doc):
                    and "/−" in ln)
         assert f"+{i['kernel_lines'][0]}/−{i['kernel_lines'][1]}" in row
     summary = " ".join(doc["summary"].split())
-    assert "2 of 3 datapath rows ran, 1 as their model says, 1 regressions" in summary
+    assert "2 of 3 datapath rows ran, 1 as their model says, 1 regression." in summary
     assert all(len(ln) <= 72 for ln in doc["summary"].splitlines())  # for a mail reply
 
 

@@ -150,11 +150,11 @@ def summary(doc: dict) -> str:
     ran = [r for r in rows if r.status == M.RAN]
     spec_rows = [r for r in ran if r.design in ("progtype", "kfunc", "tunrss")
                  and r.hash_report_negotiated and r.qemu.startswith("patched")]
+    n_reg = sum(1 for r in ran if r.regression)
     parts = [f"hashlab {m.get('commit', '?')}, {m.get('finished', '?')}: "
              f"{len(ran)} of {len(rows)} datapath rows ran, "
              f"{sum(1 for r in ran if r.ok)} as their model says"
-             + (f", {sum(1 for r in ran if r.regression)} regressions" if any(
-                 r.regression for r in ran) else "") + "."]
+             + (f", {n_reg} regression{'s' if n_reg != 1 else ''}" if n_reg else "") + "."]
     for r in spec_rows:
         s = r.spec
         parts.append(f"{r.design}, vhost {'on' if r.vhost else 'off'}: "
@@ -200,10 +200,10 @@ def build(compare_doc: dict, program: dict | None = None, datapath: dict | None 
           costs: dict[str, dict] | None = None, extra_meta: dict | None = None) -> dict:
     rows = M.rows_from_json(compare_doc)
     meta = {**compare_doc.get("meta", {}), **(extra_meta or {})}
-    M_rows = [r.to_json() for r in rows]
+    row_docs = [r.to_json() for r in rows]
     doc = {
         "kind": KIND, "version": VERSION, "meta": meta,
-        "correctness": {"rows": M_rows, "designs": M.designs_json(rows),
+        "correctness": {"rows": row_docs, "designs": M.designs_json(rows),
                         "cross_pairings": cross_pairings(rows),
                         "qtest": meta.pop("qtest", None)},
         "cost": {"per_packet": per_packet(program), "datapath": datapath_cost(datapath)},
