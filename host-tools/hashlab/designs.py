@@ -42,6 +42,9 @@ class Design:
     privileges: str = ""
     # Who computes the hash the patched QEMU's guest gets on this kernel, for labels.
     hasher: str = "eBPF"
+    # What the patched QEMU's x-query-virtio-net-hash says here once a guest asked for
+    # RSS and hash reports (hashlab.host.hashquery.label; vhost on or off alike).
+    mechanism: str = "ebpf/steering"
 
     def __post_init__(self):  # a typo here would only show as a wrong verdict much later
         if self.behaviour not in BEHAVIOURS:
@@ -65,17 +68,19 @@ DESIGNS: tuple[Design, ...] = (
            hash_report_with_vhost=False, behaviour="qemu-software", cache_kind="kernel-stock"),
     Design("progtype", "the RFC's BPF_PROG_TYPE_VNET_HASH: tun runs a hash program",
            "progtype", hash_report_with_vhost=True, behaviour="spec", cache_kind="kernel",
+           mechanism="ebpf-report/vnet-hash",
            qemu_patches=tuple(sorted(_QEMU_COMMON + _QEMU_EBPF)),
            privileges="CAP_BPF and CAP_NET_ADMIN to load a BPF_PROG_TYPE_VNET_HASH program"
            + _FDS),
     Design("kfunc", "the BPF maintainers' way: the socket filter calls a kfunc",
            "kfunc", hash_report_with_vhost=True, behaviour="spec", cache_kind="kernel-kfunc",
+           mechanism="ebpf-report/kfunc",
            qemu_patches=tuple(sorted(_QEMU_COMMON + _QEMU_EBPF + (9,))),
            privileges="CAP_BPF to load a socket filter that calls a kfunc (unprivileged "
            "programs may not)" + _FDS),
     Design("tunrss", "the series' later way: tun hashes itself, set by ioctls",
            "tunrss", hash_report_with_vhost=True, behaviour="spec", cache_kind="kernel-tunrss",
-           qemu_patches=tuple(sorted(_QEMU_COMMON + (11,))), hasher="tun",
+           qemu_patches=tuple(sorted(_QEMU_COMMON + (11,))), hasher="tun", mechanism="tun",
            privileges="none beyond the tap fd QEMU already holds (two ioctls on it); "
            "a passed tap fd works as it is"),
 )

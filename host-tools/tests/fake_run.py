@@ -12,8 +12,12 @@ import json
 import re
 from pathlib import Path
 
+from qemu.qmp import ExecuteError
+from qemu.qmp.message import Message
+from qemu.qmp.models import ErrorResponse
+
 from hashlab.build.guest import GuestImage
-from hashlab.host import datapath
+from hashlab.host import datapath, hashquery
 from hashlab.host.machine import AgentReply, QemuExited, QemuStartError  # noqa: F401
 from hashlab.oracle import rss
 from hashlab.run import guest as guestmod
@@ -150,6 +154,7 @@ class FakeMachine:
         self.proc = FakeProc()
         self.ready_info = {"kernel": "6.12.99-fake"}
         self.guest = None
+        self.events = []
 
     async def start(self):
         log = Path(self.cfg.log_path)
@@ -164,6 +169,10 @@ class FakeMachine:
         FakeMachine.closed.append(graceful)
 
     async def qmp_cmd(self, cmd, **args):
+        if cmd == hashquery.COMMAND:  # stock QEMU: no such command
+            raise ExecuteError(ErrorResponse({"error": {"class": "CommandNotFound",
+                                                        "desc": "not found"}}),
+                               Message({"execute": cmd}), Message({}))
         if cmd == "x-query-virtio":
             return [{"name": "virtio-net", "path": f"/machine/peripheral/{steps.NIC_ID}/"
                                                    "virtio-backend"}]

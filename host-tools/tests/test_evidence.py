@@ -15,6 +15,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from hashlab import cli, designs
+from hashlab.paths import REPO
 from hashlab.results import evidence, htmlreport, interface
 from hashlab.results import matrix as M
 from hashlab.run import compare as C
@@ -170,7 +171,7 @@ def test_interface_counts_equal_git_apply_numstat(design):
     sums = {"kernel": [0, 0], "selftests": [0, 0]}
     for p in interface.series_patches(d.series_dir):
         out = subprocess.run(["git", "apply", "--numstat", str(p)], capture_output=True,
-                             text=True, check=True).stdout
+                             text=True, check=True, cwd=REPO).stdout
         for line in out.splitlines():
             a, r, path = line.split("\t")
             kind = interface._kind(path, False)
@@ -182,7 +183,7 @@ def test_interface_counts_equal_git_apply_numstat(design):
     q = [0, 0]
     for p in interface.qemu_patches(d.qemu_patches):
         for line in subprocess.run(["git", "apply", "--numstat", str(p)], capture_output=True,
-                                   text=True, check=True).stdout.splitlines():
+                                   text=True, check=True, cwd=REPO).stdout.splitlines():
             a, r, path = line.split("\t")
             if interface._kind(path, True) == "c":
                 q[0] += int(a)

@@ -114,3 +114,31 @@ def test_a_refused_configuration_keeps_the_old_one(rig):
                 bad.append(f"{rx.hash_value:#010x}/{rx.hash_report}/q{rx.queue}, "
                            f"oracle {e.hash:#010x}/{e.report}/q{e.queue}")
         assert not bad, f"after {name}: " + "; ".join(bad[:5])
+
+
+@pytest.mark.parametrize("setup", SETUPS, ids=[s.name for s in SETUPS])
+def test_qemu_tells_which_mechanism_hashes(rig, setup):
+    """x-query-virtio-net-hash (qemu/patches/0013) names the running design's mechanism
+    (the VNET_HASH program, the kfunc-calling filter, or tun), holds the configuration
+    the driver sent, and VIRTIO_NET_HASH_CHANGED came for it (once: until the query)."""
+    from hashlab import designs
+    from hashlab.host import datapath, hashquery
+    from hashlab.run.qtest_check import device_hash
+
+    design = designs.get(datapath.running_design())
+    pre = hashquery.query_sync(rig.qt, NetRig.DEVICE_PATH)  # re-arms the event
+    before = len(rig.qt.qmp_events)
+    assert setup.apply(rig) == 0, "the configuration was refused"
+    assert setup.apply(rig) == 0, "the configuration was refused"  # twice: one event
+    events = [e for e in rig.qt.qmp_events[before:] if e["event"] == hashquery.EVENT]
+    dev = device_hash(rig, setup)
+    assert dev["mechanism"] == design.mechanism, f"on {design.name}: {dev}"
+    assert not dev["differences"], dev["differences"]
+    assert len(events) == 1, events
+    # The event is the first change and says the mechanism right after it.  A hash-only
+    # setup starts with VQ_PAIRS_SET, on which QEMU turns RSS off: on a device that
+    # steered by RSS that is a change to "none", and the HASH_CONFIG that follows comes
+    # while the event waits for the query.
+    first = "none" if setup.mode == "hash" and pre["rss-enabled"] else design.mechanism
+    assert events[0]["data"] == {"path": f"{NetRig.DEVICE_PATH}/virtio-backend",
+                                 "mechanism": first.split("/")[0]}

@@ -40,6 +40,9 @@ class RowResult:
     seconds: float = 0.0
     results_dir: str = ""
     qemu_warnings: list[str] = field(default_factory=list)
+    # QEMU's x-query-virtio-net-hash once the guest configured the device; absent: no
+    # such command in this QEMU
+    mechanism: str = ""
     checks: list[dict] = field(default_factory=list)
     retries: list[str] = field(default_factory=list)  # VM failures retried (nested KVM)
     regression: str = ""  # what it lost against its baseline row (the kernel without the series)
@@ -75,6 +78,7 @@ def designs_json(rows: list[RowResult]) -> list[dict]:
             "vhost": r.vhost, "status": r.status, "ok": bool(r.ok) and r.status == RAN,
             "hash_report_negotiated": bool(r.hash_report_negotiated),
             "rss_negotiated": bool(r.rss_negotiated),
+            "mechanism": r.mechanism or None,
             "frames": int(s.get("seen", 0)), "sent": int(s.get("sent", 0)),
             "hashes_checked": checked,
             "hashes_right": int(s.get("hash_right", 0)) if checked else 0,
@@ -147,13 +151,21 @@ def verdict(r: RowResult) -> str:
     return "FAIL: " + ("; ".join(bits) or "see " + r.results_dir)
 
 
-TABLE_COLUMNS = ["datapath", "QEMU", "kernel", "hash report offered", "hashes right",
-                 "queues right", "verdict", "time"]
+TABLE_COLUMNS = ["datapath", "QEMU", "kernel", "hash report offered", "QEMU says (QMP)",
+                 "hashes right", "queues right", "verdict", "time"]
+
+
+def mechanism_cell(r: RowResult) -> str:
+    """What x-query-virtio-net-hash said once the guest had configured the device."""
+    if r.status != RAN or not r.mechanism:
+        return "—"
+    return "n/a (no query)" if r.mechanism == "absent" else r.mechanism
 
 
 def table_rows(rows: list[RowResult]) -> list[list[str]]:
-    return [[r.datapath, r.qemu or "—", r.kernel or "—", offered_cell(r), hashes_cell(r),
-             queues_cell(r), verdict(r), f"{r.seconds:.0f}s" if r.seconds else "—"]
+    return [[r.datapath, r.qemu or "—", r.kernel or "—", offered_cell(r), mechanism_cell(r),
+             hashes_cell(r), queues_cell(r), verdict(r),
+             f"{r.seconds:.0f}s" if r.seconds else "—"]
             for r in rows]
 
 

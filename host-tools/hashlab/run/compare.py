@@ -68,6 +68,9 @@ class Row:
     # this row at least what that one gives (RSS, right queues, hashes); else REGRESSION.
     baseline: str = ""
     device: dict = field(default_factory=dict)  # extra -device options over the base's
+    # What QEMU's x-query-virtio-net-hash must say once the guest configured the device
+    # (hashlab.host.hashquery.label); absent: a QEMU without the query
+    mechanism: str = "absent"
 
     @property
     def kernel(self) -> str:
@@ -85,7 +88,7 @@ ROWS: tuple[Row, ...] = (
     Row("host-patched", "patched QEMU, kernel without the series (tap, vhost=off)", "patched",
         False, "host", None,
         "software fallback, as upstream", "qemu-software",
-        {"rss_negotiated": True, "hash_report_negotiated": True}, keep_pins=True),
+        {"rss_negotiated": True, "hash_report_negotiated": True}, keep_pins=True, mechanism="software"),
     # The series makes HASH_REPORT opt-in for the VMM (VHOST_NET_BACKEND_F_HASH_REPORT):
     # stock QEMU, which does not opt in, must see exactly the stock kernel.
     Row("lab-stock-vhost", "stock QEMU + patched vhost_net (vhost=on)", "stock", True, "lab",
@@ -95,11 +98,11 @@ ROWS: tuple[Row, ...] = (
         baseline="lab-stock-vhost-stock-kernel"),
     Row("lab-patched", "patched QEMU, eBPF hash via tap (vhost=off)", "patched", False, "lab",
         "progtype", "spec", "spec",
-        {"rss_negotiated": True, "hash_report_negotiated": True}),
+        {"rss_negotiated": True, "hash_report_negotiated": True}, mechanism="ebpf-report/vnet-hash"),
     Row("lab-patched-vhost", "patched QEMU, eBPF hash via vhost_net (vhost=on)", "patched",
         True, "lab", "progtype", "spec", "spec",
         {"rss_negotiated": True, "hash_report_negotiated": True},
-        baseline="lab-patched-vhost-stock-kernel"),
+        baseline="lab-patched-vhost-stock-kernel", mechanism="ebpf-report/vnet-hash"),
     Row("lab-stock-vhost-stock-kernel", "stock QEMU + stock vhost_net (vhost=on)", "stock",
         True, "lab", "stock",
         "upstream: no HASH_REPORT, eBPF steering", "qemu-ebpf",
@@ -109,7 +112,7 @@ ROWS: tuple[Row, ...] = (
         "no HASH_REPORT (vhost_net lacks it), eBPF steering", "spec",
         {"rss_negotiated": True, "hash_report_negotiated": False},
         # auto: QEMU starts without hash reports and says why (on would refuse to start)
-        device={"vhost-hash-report": "auto"}),
+        device={"vhost-hash-report": "auto"}, mechanism="ebpf/steering"),
     # The kfunc design: the same patched QEMU; its socket filter calls the kfunc here.
     Row("lab-stock-vhost-kfunc", "stock QEMU + kfunc vhost_net (vhost=on)", "stock", True,
         "lab", "kfunc", "as on the stock kernel: no HASH_REPORT, eBPF steering", "qemu-ebpf",
@@ -117,11 +120,11 @@ ROWS: tuple[Row, ...] = (
         baseline="lab-stock-vhost-stock-kernel"),
     Row("lab-patched-kfunc", "patched QEMU, kfunc hash via tap (vhost=off)", "patched", False,
         "lab", "kfunc", "spec", "spec",
-        {"rss_negotiated": True, "hash_report_negotiated": True}),
+        {"rss_negotiated": True, "hash_report_negotiated": True}, mechanism="ebpf-report/kfunc"),
     Row("lab-patched-vhost-kfunc", "patched QEMU, kfunc hash via vhost_net (vhost=on)",
         "patched", True, "lab", "kfunc", "spec", "spec",
         {"rss_negotiated": True, "hash_report_negotiated": True},
-        baseline="lab-patched-vhost-stock-kernel"),
+        baseline="lab-patched-vhost-stock-kernel", mechanism="ebpf-report/kfunc"),
     # Mismatched: a QEMU built before the kfunc patch on the kfunc kernel.  Its loader
     # finds no BPF_PROG_TYPE_VNET_HASH and its socket filter does not call the kfunc:
     # with vhost, no hash reports (auto: it says why) but eBPF steering; without, QEMU
@@ -144,18 +147,18 @@ ROWS: tuple[Row, ...] = (
     Row("lab-patched-tunrss", "patched QEMU, tun hashes (tap, vhost=off)", "patched", False,
         "lab", "tunrss", "spec", "spec",
         {"rss_negotiated": True, "hash_report_negotiated": True},
-        device={"hash-offload": "tun"}),
+        device={"hash-offload": "tun"}, mechanism="tun"),
     Row("lab-patched-vhost-tunrss", "patched QEMU, tun hashes via vhost_net (vhost=on)",
         "patched", True, "lab", "tunrss", "spec", "spec",
         {"rss_negotiated": True, "hash_report_negotiated": True},
-        baseline="lab-patched-vhost-stock-kernel", device={"hash-offload": "tun"}),
+        baseline="lab-patched-vhost-stock-kernel", device={"hash-offload": "tun"}, mechanism="tun"),
     # The eBPF designs' QEMU on this kernel (hash-offload=ebpf: patches 1-10 alone): its
     # program can only steer here, so with vhost no hash reports (auto: it says why).
     Row("lab-ebpf-qemu-vhost-tunrss", "patched QEMU, hash-offload=ebpf, tunrss kernel "
         "(vhost=on)", "patched", True, "lab", "tunrss",
         "no HASH_REPORT (its program cannot report here), eBPF steering", "spec",
         {"rss_negotiated": True, "hash_report_negotiated": False},
-        device={"hash-offload": "ebpf", "vhost-hash-report": "auto"}),
+        device={"hash-offload": "ebpf", "vhost-hash-report": "auto"}, mechanism="ebpf/steering"),
 )
 ROW_IDS = tuple(r.id for r in ROWS)
 ROWS_BY_ID = {r.id: r for r in ROWS}
@@ -267,6 +270,7 @@ def row_result_from_run(row: Row, res, seconds: float) -> RowResult:
              "queue_model": oracle.queues},
         ok=res.ok, seconds=round(seconds, 1), results_dir=str(res.out_dir),
         qemu_warnings=res.qemu_warnings or [],
+        mechanism=res.device_hash[0].label if res.device_hash else "absent",
         checks=[{"name": n, "ok": f is None, "failure": f} for n, f in res.checks],
         retries=[f"boot attempt {b.attempt}: {b.error}" for b in res.boot_failures or []]
         + [f"run {b.attempt}: {b.error}" for b in res.retried_after])
@@ -305,6 +309,7 @@ def row_scenario_doc(row: Row, base: dict, guest_kernel: str | None = None) -> d
     if not row.keep_pins:
         ex.pop("known_divergences", None)
     ex.update(row.expect)
+    ex["mechanism"] = row.mechanism
     doc["expect"] = ex
     return doc
 
@@ -439,12 +444,14 @@ def qtest_here(echo) -> list[dict]:
     from . import qtest_check
 
     out = []
+    mechanism = designs.get(datapath.running_design()).mechanism
     for vhost in (False, True):
         try:
             res = qtest_check.check(datapath.patched_qemu(), vhost)
         except (HashlabError, OSError, AssertionError) as e:
             res = {"vhost": vhost, "error": f"{type(e).__name__}: {str(e).splitlines()[0]}"}
-        res["ok"] = "error" not in res and qtest_check.ok(res)
+        res["mechanism_expected"] = mechanism
+        res["ok"] = "error" not in res and qtest_check.ok(res, mechanism)
         echo(f"hashlab compare: qtest driver, vhost {'on' if vhost else 'off'}: "
              + ("ok" if res["ok"] else f"NOT ok {res.get('error', '')}")
              + f" ({res.get('seconds', 0):.0f}s)")

@@ -101,6 +101,7 @@ async def _run(env: steps.RunEnv) -> None:
     steps.check_vhost(env)
     steps.check_guest_config(env)
     steps.choose_oracle(env)
+    await steps.check_device_hash(env, "configured")
     await steps.start_trace(env)
     for batch in range(len(env.sc.reconfigure.steps) + 1):
         if batch > 0:

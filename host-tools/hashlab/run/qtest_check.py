@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from ..frames.packets import corpus
+from ..host import hashquery
 from ..oracle import rss
 from ..vdrv import NetRig
 from ..vdrv.check import HashSetup, run_setup
@@ -75,6 +76,22 @@ def _judge(setup: HashSetup, out) -> dict:
             "first_wrong": first_bad}
 
 
+def device_hash(rig: NetRig, setup: HashSetup) -> dict:
+    """QEMU's x-query-virtio-net-hash after SETUP: its mechanism label and where the
+    device's configuration differs from SETUP (None: this QEMU has no such query)."""
+    info = hashquery.query_sync(rig.qt, NetRig.DEVICE_PATH)
+    if info is None:
+        return {"mechanism": None, "differences": []}
+    dh = hashquery.DeviceHash.from_qmp(info)
+    # QEMU steers whenever RSS is negotiated (redirect follows the feature, not the
+    # command): a HASH_CONFIG then leaves a one-entry table [0], as the query shows.
+    table = list(setup.table) if setup.mode == "rss" else [0]
+    want = rss.RssConfig(key=setup.key, hash_types=setup.hash_types, table=table,
+                         unclassified_queue=setup.unclassified_queue if setup.mode == "rss"
+                         else 0)
+    return {"mechanism": dh.label, "differences": dh.differences(want)}
+
+
 def check(qemu_binary: Path, vhost: bool) -> dict:
     """Every setup over the corpus, then each refused RSS_CONFIG followed by probe frames
     that must still follow the setup applied before it; counts, not assertions."""
@@ -87,7 +104,8 @@ def check(qemu_binary: Path, vhost: bool) -> dict:
             res["seconds"] = round(time.monotonic() - t0, 1)
             return res
         for s in SETUPS:
-            res["setups"].append(_judge(s, run_setup(rig, s, frames)))
+            res["setups"].append({**_judge(s, run_setup(rig, s, frames)),
+                                  "device": device_hash(rig, s)})
         keep = SETUPS[1]
         probe = frames.select(["ipv4-tcp", "ipv6-udp", "ipv6-hao-rh2"])[:30]
         run_setup(rig, keep, probe)
@@ -104,9 +122,14 @@ def check(qemu_binary: Path, vhost: bool) -> dict:
     return res
 
 
-def ok(res: dict) -> bool:
+def ok(res: dict, mechanism: str | None = None) -> bool:
+    """Every frame right, every refused command refused with the old setup kept, and
+    (given MECHANISM, the design's) QEMU's query saying so and holding each setup."""
     return (res.get("hash_report_negotiated", False)
             and all(s["right"]["all"] == s["received"] and not s["missing"]
+                    for s in res["setups"])
+            and all(mechanism is None or (s["device"]["mechanism"] == mechanism
+                                          and not s["device"]["differences"])
                     for s in res["setups"])
             and all(r["refused"] and r["still_right"] == r["probe"] for r in res["refused"])
             and bool(res["setups"]))

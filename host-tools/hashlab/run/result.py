@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..frames import packets
+from ..host.hashquery import DeviceHash
 from ..oracle import rss
 from ..results import report
 
@@ -223,7 +224,7 @@ class Batch:
 PARTS = ("scenario_file", "retried_after", "datapath", "guest_image", "reconfigure", "tap",
          "boot_failures", "qemu_cmdline", "boot_seconds", "guest_at_boot", "configure",
          "guest", "negotiation", "vhost", "guest_kernel", "rss_key_quirk", "driver_commands",
-         "oracle", "delivery", "load", "diagnosis", "qemu_warnings")
+         "oracle", "device_hash", "delivery", "load", "diagnosis", "qemu_warnings")
 JSON_KEYS = {"negotiation": "qemu"}  # the JSON's name where it differs from the attribute
 
 
@@ -262,6 +263,9 @@ class RunResult:
     rss_key_quirk: str | None = None
     driver_commands: list[str] | None = None
     oracle: OracleChoice | None = None
+    # x-query-virtio-net-hash after the configuration and each reconfiguration; None:
+    # QEMU has no such command (stock QEMU)
+    device_hash: list[DeviceHash] | None = None
     delivery: Delivery | None = None
     load: dict | None = None  # hashlab.run.load.run's figures
     diagnosis: str | None = None
@@ -318,6 +322,11 @@ class RunResult:
             lines.append(f"  vhost: started {_yn(vh.started)}, vhost-dev "
                          f"{_yn(vh.vhost_dev)}, /dev/vhost-net fds {vh.fds}, acked "
                          f"HASH_REPORT {_yn(vh.acked_hash_report)}")
+        for dh in self.device_hash or []:
+            lines.append(f"  QEMU's hashing ({dh.when}): {dh.label}, RSS "
+                         f"{'on' if dh.rss_enabled else 'off'}, hash reports "
+                         f"{'on' if dh.hash_report_enabled else 'off'}, "
+                         f"{dh.events} {'event' if dh.events == 1 else 'events'}")
         for w in self.qemu_warnings or []:
             lines.append(f"  QEMU says: {w}")
         for b in self.retried_after:

@@ -55,6 +55,13 @@ A scenario is a YAML mapping, validated strictly (an unknown or mistyped field i
                                       # a spec (eBPF) datapath, else any
       vhost: auto                     # true | false | auto (= datapath.vhost): vhost_net must be
                                       # running (QMP vhost-started, /dev/vhost-net fds)
+      mechanism: ebpf-report/vnet-hash  # what QEMU's x-query-virtio-net-hash must say
+                                      # once the guest configured the device: none |
+                                      # software | ebpf | ebpf-report | tun (ebpf ones
+                                      # optionally /steering | /vnet-hash | /kfunc), or
+                                      # absent (a QEMU without the query).  Default: not
+                                      # checked; the device's key, table and types are
+                                      # checked against the oracle's whenever QEMU answers
       arrive: {truncated: any}        # per slice: true | false | any (default true)
       known_divergences:              # corpus description (without " #n") -> reason:
         "ipv6 AH tcp": "..."          # pinned mismatches; a pin that matches fails
@@ -76,6 +83,7 @@ from typing import Any
 import yaml
 
 from .. import designs
+from ..host import hashquery
 from ..oracle import rss
 from ..errors import UsageError
 from ..host.qemu_process import HOST_QEMU
@@ -195,6 +203,7 @@ class ExpectSpec:
     hashes: str = "oracle"
     queues: str = "auto"
     vhost: bool | None = None  # None: as datapath.vhost
+    mechanism: str | None = None  # x-query-virtio-net-hash's label; None: not checked
     arrive: dict[str, Any] = field(default_factory=dict)
     known_divergences: dict[str, str] = field(default_factory=dict)
 
@@ -325,6 +334,33 @@ class _V:
         return out
 
 
+def _reconfig_step(v: _V, sp: str, st: Any, sc: Scenario) -> ReconfigStep:
+    st = v.mapping(sp, st, {"key", "table", "flow_hash", "rxhash", "queues"})
+    step = ReconfigStep()
+    if "queues" in st:
+        step.queues = v.integer(f"{sp}.queues", st["queues"], 1, sc.datapath.queues)
+    if "rxhash" in st:
+        step.rxhash = v.typed(f"{sp}.rxhash", st["rxhash"], bool, "true or false")
+    if "key" in st:
+        step.key = v.typed(f"{sp}.key", st["key"], str, "a key (ms, hex, random:SEED)")
+        try:
+            kb = step.key_bytes()
+        except ValueError as err:
+            v.fail(f"{sp}.key", str(err))
+        if kb is None or len(kb) != 40:
+            v.fail(f"{sp}.key", "needs a 40-byte key (ms, hex or random:SEED)")
+    if "table" in st:
+        step.table = _table(v, f"{sp}.table", st["table"], step.queues or sc.guest_queues)
+    if "flow_hash" in st:
+        step.flow_hash = _flow_hash(v, f"{sp}.flow_hash", st["flow_hash"])
+    return step
+
+
+def parse_reconfig_step(data: Any, sc: Scenario, where: str = "<step>") -> ReconfigStep:
+    """One ``reconfigure`` step (a mapping as in the scenario file) for scenario SC."""
+    return _reconfig_step(_V(where), "step", data, sc)
+
+
 def parse_scenario(data: Any, where: str = "<scenario>", path: Path | None = None) -> Scenario:
     from ..frames import packets  # the corpus module; imported late (it pulls in scapy)
 
@@ -448,12 +484,19 @@ def parse_scenario(data: Any, where: str = "<scenario>", path: Path | None = Non
 
     e = v.mapping("expect", top.get("expect", {}) or {},
                   {"rss_negotiated", "hash_report_negotiated", "hash_types", "arrive",
-                   "known_divergences", "hashes", "queues", "vhost"})
+                   "known_divergences", "hashes", "queues", "vhost", "mechanism"})
     for k in ("rss_negotiated", "hash_report_negotiated"):
         if k in e:
             setattr(sc.expect, k, v.typed(f"expect.{k}", e[k], bool, "true or false"))
     if "vhost" in e and e["vhost"] != "auto":
         sc.expect.vhost = v.typed("expect.vhost", e["vhost"], bool, "true, false or auto")
+    if "mechanism" in e:
+        m = v.typed("expect.mechanism", e["mechanism"], str, "a hash mechanism")
+        if m != "absent" and not hashquery.valid_label(m):
+            v.fail("expect.mechanism", f"{m!r} (valid: absent, or one of "
+                   f"{', '.join(hashquery.MECHANISMS)}, ebpf ones optionally /PROGRAM: "
+                   f"{', '.join(hashquery.PROGRAMS)})")
+        sc.expect.mechanism = m
     if "hashes" in e:
         sc.expect.hashes = v.typed("expect.hashes", e["hashes"], str, "oracle or none")
         if sc.expect.hashes not in HASH_MODELS:
@@ -496,26 +539,7 @@ def parse_scenario(data: Any, where: str = "<scenario>", path: Path | None = Non
         if not isinstance(steps, list) or not steps:
             v.fail("reconfigure.steps", "must be a non-empty list of steps")
         for i, st in enumerate(steps):
-            sp = f"reconfigure.steps[{i}]"
-            st = v.mapping(sp, st, {"key", "table", "flow_hash", "rxhash", "queues"})
-            step = ReconfigStep()
-            if "queues" in st:
-                step.queues = v.integer(f"{sp}.queues", st["queues"], 1, d.queues)
-            if "rxhash" in st:
-                step.rxhash = v.typed(f"{sp}.rxhash", st["rxhash"], bool, "true or false")
-            if "key" in st:
-                step.key = v.typed(f"{sp}.key", st["key"], str, "a key (ms, hex, random:SEED)")
-                try:
-                    kb = step.key_bytes()
-                except ValueError as err:
-                    v.fail(f"{sp}.key", str(err))
-                if kb is None or len(kb) != 40:
-                    v.fail(f"{sp}.key", "needs a 40-byte key (ms, hex or random:SEED)")
-            if "table" in st:
-                step.table = _table(v, f"{sp}.table", st["table"], step.queues or sc.guest_queues)
-            if "flow_hash" in st:
-                step.flow_hash = _flow_hash(v, f"{sp}.flow_hash", st["flow_hash"])
-            sc.reconfigure.steps.append(step)
+            sc.reconfigure.steps.append(_reconfig_step(v, f"reconfigure.steps[{i}]", st, sc))
 
     if "load" in top:
         ld = v.mapping("load", top["load"] or {}, {"frames", "rounds", "rate"}, {"frames"})

@@ -25,7 +25,7 @@ from ..build.guest import GuestImage, build_guest
 from ..errors import HashlabError
 from ..frames import packets
 from ..frames.filler import filler_frames
-from ..host import datapath
+from ..host import datapath, hashquery
 from ..host.machine import GuestHang, Machine, MachineConfig, QemuExited, QemuStartError
 from ..host.qemu_process import load_factor
 from ..host.tap import Tap
@@ -85,6 +85,8 @@ class RunEnv:
     oracle: rss.RssConfig | None = None
     hash_reported: bool = False
     queue_model: str = "any"
+    extra_args: list[str] = field(default_factory=list)  # more QEMU arguments (a session's QMP)
+    hash_events_seen: int = 0  # vm.events already looked at for VIRTIO_NET_HASH_CHANGED
     checks: list = field(init=False)
 
     def __post_init__(self):
@@ -319,7 +321,8 @@ def machine_config(env: RunEnv) -> MachineConfig:
         kernel=image.kernel, initrd=image.initrd, name=f"hashlab-{sc.name}",
         qemu=env.qemu_bin, cpus=sc.guest.resolved_cpus(dp.accel),
         memory=sc.guest.memory, accel=dp.accel, cpu=KVM_CPU if kvm else "max",
-        extra_args=device_args(sc, env.tap, packets.GUEST_MAC), pass_fds=tuple(env.tap.fds),
+        extra_args=device_args(sc, env.tap, packets.GUEST_MAC) + env.extra_args,
+        pass_fds=tuple(env.tap.fds),
         log_path=env.out / "qemu.log", boot_timeout=sc.timeouts["boot"],
         boot_stall_timeout=BOOT_STALL if kvm else None,
         command_timeout=sc.timeouts["command"], shutdown_timeout=sc.timeouts["shutdown"])
@@ -367,6 +370,44 @@ async def query_device(env: RunEnv) -> None:
             status = await env.vm.qmp_cmd("x-query-virtio-status", path=dev["path"])
     env.result.negotiation = qemu_features(status)
     env.result.vhost = vhost_status(status, env.pid)
+
+
+async def check_device_hash(env: RunEnv, when: str) -> None:
+    """QEMU's own account of the hashing (x-query-virtio-net-hash) after the guest
+    configured the device (WHEN: configured, reconfigure_N): the mechanism as the
+    scenario expects, the device's key, types and table as the oracle's (set up from what
+    the guest read back), and a VIRTIO_NET_HASH_CHANGED since the last query."""
+    res, want = env.result, env.sc.expect.mechanism
+    info = await hashquery.query(env.vm, f"/machine/peripheral/{NIC_ID}")
+    await asyncio.sleep(0.05)  # an event sent before the answer is in vm.events by now
+    name = "device_hash" if when == "configured" else f"device_hash_{when}"
+    if info is None:
+        res.device_hash = None
+        fail = None
+        if env.sc.datapath.qemu_kind == "patched":
+            fail = f"the patched QEMU has no {hashquery.COMMAND}"
+        elif want not in (None, "absent"):
+            fail = f"expected mechanism {want}, but this QEMU has no {hashquery.COMMAND}"
+        if fail or want:
+            env.check(name, fail)
+        return
+    events = [e for e in env.vm.events[env.hash_events_seen:]
+              if e.get("event") == hashquery.EVENT]
+    env.hash_events_seen = len(env.vm.events)
+    dh = hashquery.DeviceHash.from_qmp(info, events=len(events), when=when)
+    res.device_hash = [*(res.device_hash or []), dh]
+    fails = dh.differences(env.oracle)
+    if want == "absent":
+        fails.insert(0, f"expected no {hashquery.COMMAND}, QEMU answers {dh.label}")
+    elif want is not None and dh.label != want:
+        fails.insert(0, f"mechanism {dh.label}, expected {want}")
+    gf = res.guest.features
+    if (gf["RSS"] or gf["HASH_REPORT"]) and not (dh.rss_enabled or dh.hash_report_enabled):
+        fails.append("the guest negotiated RSS or HASH_REPORT but the device has no "
+                     "configuration")
+    if (dh.rss_enabled or dh.hash_report_enabled) and not events:
+        fails.append(f"no {hashquery.EVENT} since the previous query")
+    env.check(name, fails)
 
 
 def check_negotiation(env: RunEnv) -> None:
@@ -522,6 +563,7 @@ async def reconfigure(env: RunEnv, batch: int) -> None:
     traffic.batch_stats = await guest_stats(env)
     follow_guest(env)
     env.check(f"reconfigure_{batch}", reconfigure_failures(env, step, log))
+    await check_device_hash(env, f"reconfigure_{batch}")
     gs = env.state
     env.result.reconfigure.append(ReconfigureStep(
         batch=batch, step=step.describe(), commands=log, filler_sent=sent[0],

@@ -46,6 +46,9 @@ class NetRig:
     for array properties such as ``ebpf-rss-fds`` (with ``pass_fds``).  ``qemu_binary`` picks the QEMU (the lab's patched one).
     """
 
+    DEVICE_ID = "net0"
+    DEVICE_PATH = f"/machine/peripheral/{DEVICE_ID}"  # for QMP queries of the device
+
     def __init__(self, queues: int = 4, *, netdev: str = "tap", qemu_binary: str | os.PathLike = HOST_QEMU,
                  device_opts: str = "rss=on,hash=on", vhost: bool = False, mrg_rxbuf: bool = False,
                  want: int | None = None, rx_queue_size: int = 256, log_dir=None,
@@ -81,7 +84,8 @@ class NetRig:
             netdev = self.injector.netdev_arg("n0")
         # The rig's own properties, typed as JSON -device wants them; JSON is the only
         # syntax for array properties (ebpf-rss-fds), key=value the usual one.
-        dev = {"driver": "virtio-net-pci", "netdev": "n0", "disable-legacy": "on",
+        dev = {"driver": "virtio-net-pci", "id": self.DEVICE_ID, "netdev": "n0",
+               "disable-legacy": "on",
                "vectors": 0, "romfile": "", **({"mq": True} if self.queues > 1 else {})}
         if self.device_json is not None:
             arg = json.dumps({**dev, **self.device_json})
