@@ -18,6 +18,7 @@ from .errors import HashlabError, Terminated, raise_on_termination
 COMMAND_MODULES = [
     "commands.oracle",  # corpus, expect
     "commands.run",  # run SCENARIO.yaml
+    "commands.session",  # session SCENARIO.yaml [-- CMD]
     "commands.build",  # build kernel|qemu|guest
     "commands.lab",  # lab [--] CMD
     "commands.compare",  # compare [--rows ...]
