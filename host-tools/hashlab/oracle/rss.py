@@ -523,6 +523,10 @@ class FrameInfo:
     rh2: bytes | None = None
     vlan_tags: int = 0
     ext_headers: tuple[int, ...] = field(default=())
+    # Where the IP payload starts and its protocol (the spec parser only; -1 otherwise):
+    # what the inner header hash (oracle.tunnel) looks into.  Not part of the verdict.
+    proto: int = field(default=-1, compare=False)
+    payload: int = field(default=-1, compare=False)
 
 
 def _parse_l4(frame: bytes, off: int, proto: int) -> tuple[str | None, int, int]:
@@ -637,7 +641,8 @@ def _parse_ipv4(frame: bytes, off: int, tags: int) -> FrameInfo | None:
     src = frame[off + 12 : off + 16]
     dst = frame[off + 16 : off + 20]
     l4, sport, dport = (None, 0, 0) if fragment else _parse_l4(frame, off + ihl, proto)
-    return FrameInfo(4, src, dst, l4, sport, dport, fragment=fragment, vlan_tags=tags)
+    return FrameInfo(4, src, dst, l4, sport, dport, fragment=fragment, vlan_tags=tags,
+                     proto=proto, payload=off + ihl)
 
 
 def _parse_ipv6(frame: bytes, off: int, tags: int, max_options: int | None = None) -> FrameInfo | None:
@@ -687,6 +692,8 @@ def _parse_ipv6(frame: bytes, off: int, tags: int, max_options: int | None = Non
         rh2=rh2,
         vlan_tags=tags,
         ext_headers=tuple(exts),
+        proto=nh,
+        payload=p,
     )
 
 
