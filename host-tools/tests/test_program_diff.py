@@ -201,9 +201,14 @@ def test_vnet_hash_form_matches_oracle(rss_object, frames):
 
 def test_map_layout_matches_qemu():
     """The byte layout hashlab writes is the one ebpf/ebpf_rss.c writes."""
-    assert len(bpf.rss_config_bytes(True, True, ALL_TYPES, 128, 3)) == 10
-    assert bpf.rss_config_bytes(True, False, 0x1FF, 128, 3) == bytes(
+    # qemu/patches 0014: u32 tunnel_types at the end; the 10-byte layout before it
+    assert len(bpf.rss_config_bytes(True, True, ALL_TYPES, 128, 3)) == 14
+    assert bpf.rss_config_bytes(True, False, 0x1FF, 128, 3, 0x110) == bytes(
+        [1, 0, 0xFF, 0x01, 0, 0, 128, 0, 3, 0, 0x10, 0x01, 0, 0])
+    assert bpf.rss_config_bytes(True, False, 0x1FF, 128, 3, size=10) == bytes(
         [1, 0, 0xFF, 0x01, 0, 0, 128, 0, 3, 0])
+    with pytest.raises(ValueError, match="cannot hold tunnel types"):
+        bpf.rss_config_bytes(True, False, 0x1FF, 128, 3, 1, size=10)
     k = bpf.rss_key_bytes(MS_KEY, tables=False)
     assert len(k) == 40 and k[:4] == MS_KEY[:4][::-1] and k[4:] == MS_KEY[4:]
     # qemu/patches 0006: the key map's value is the key followed by u32 table[36][256]

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ..host import bpf
-from ..oracle import rss
+from ..oracle import rss, tunnel
 from ..oracle.rss import Report
 from . import testrun
 
@@ -49,10 +49,12 @@ class Config:
     default_queue: int = 0
     redirect: bool = True  # RSS_CONFIG; False: HASH_CONFIG, hash reporting only
     populate_hash: bool = True
+    tunnel_types: int = 0  # HASH_TUNNEL_SET: hash these encapsulations' inner header
 
     def apply(self, obj: bpf.BpfObject) -> None:
         bpf.configure_rss(obj, self.key, self.types, list(self.table), self.default_queue,
-                          redirect=self.redirect, populate_hash=self.populate_hash)
+                          redirect=self.redirect, populate_hash=self.populate_hash,
+                          tunnel_types=self.tunnel_types)
 
     def expect(self, hash_value: int, report: int) -> tuple[int, int, int]:
         """(hash, report, queue) the program must produce for the oracle's answer."""
@@ -252,6 +254,10 @@ def run(obj: bpf.BpfObject, prog: bpf.Program, frames: Sequence[bytes], configs:
                 out.refused[refusal_reason(frame, res.err)] += 1
                 continue
             info = infos[i]
+            if cfg.tunnel_types:
+                # the inner packet when the outer header matches (oracle.tunnel)
+                inner = tunnel.header_for_hash(frame, cfg.tunnel_types)
+                info = None if inner is None else rss.parse_frame(inner, behaviour)
             h, r = hash_info(info, cfg.key, cfg.types, behaviour)
             want = cfg.expect(h, r)
             if form == "vnet_hash":

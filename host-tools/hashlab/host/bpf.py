@@ -514,14 +514,27 @@ RSS_KEY_VALUE_SIZE = RSS_KEY_SIZE + RSS_TOEPLITZ_TABLE_SIZE
 40-byte key as before, then ``u32 table[36][256]``; upstream's value is the key only."""
 
 
+RSS_CONFIG_SIZE = 14
+"""struct EBPFRSSConfig with qemu/patches 0014 (inner header hash: ``u32 tunnel_types``
+at the end); upstream's and the series' before it are 10 bytes."""
+
+
 def rss_config_bytes(
-    redirect: bool, populate_hash: bool, hash_types: int, indirections_len: int, default_queue: int
+    redirect: bool, populate_hash: bool, hash_types: int, indirections_len: int,
+    default_queue: int, tunnel_types: int = 0, size: int = RSS_CONFIG_SIZE,
 ) -> bytes:
     """struct EBPFRSSConfig: packed {u8 redirect; u8 populate_hash; u32 hash_types;
-    u16 indirections_len; u16 default_queue;} in host byte order."""
-    return struct.pack(
-        "=BBIHH", int(redirect), int(populate_hash), hash_types, indirections_len, default_queue
-    )
+    u16 indirections_len; u16 default_queue; u32 tunnel_types;} in host byte order;
+    ``size`` 10 gives the layout without ``tunnel_types`` (which must then be 0)."""
+    out = struct.pack("=BBIHHI", int(redirect), int(populate_hash), hash_types,
+                      indirections_len, default_queue, tunnel_types)
+    if size == 10 and not tunnel_types:
+        return out[:10]
+    if size != RSS_CONFIG_SIZE:
+        raise ValueError(f"{RSS_MAP_CONFIG}: a {size}-byte value"
+                         + (" cannot hold tunnel types" if size == 10 else
+                            f", neither 10 nor {RSS_CONFIG_SIZE}"))
+    return out
 
 
 def rss_toeplitz_tables(key: bytes) -> bytes:
@@ -561,17 +574,19 @@ def configure_rss(
     default_queue: int = 0,
     redirect: bool = True,
     populate_hash: bool = True,
+    tunnel_types: int = 0,
 ) -> None:
-    """Fill the three maps the way QEMU does for RSS_CONFIG (redirect) or HASH_CONFIG.
+    """Fill the three maps the way QEMU does for RSS_CONFIG (redirect) or HASH_CONFIG,
+    with ``tunnel_types`` (HASH_TUNNEL_SET) when the program has them.
 
     The key map gets the lookup tables too when its value has room for them (the
     patched program); a 40-byte value (upstream's program) gets the key only."""
     table = list(table or [0])
     if len(table) > RSS_TABLE_MAX or len(table) & (len(table) - 1):
         raise ValueError(f"indirection table length {len(table)} is not a power of two <= 128")
-    obj.map(RSS_MAP_CONFIG).update(
-        0, rss_config_bytes(redirect, populate_hash, hash_types, len(table), default_queue)
-    )
+    cmap = obj.map(RSS_MAP_CONFIG)
+    cmap.update(0, rss_config_bytes(redirect, populate_hash, hash_types, len(table),
+                                    default_queue, tunnel_types, cmap.value_size))
     kmap = obj.map(RSS_MAP_KEY)
     if kmap.value_size == RSS_KEY_VALUE_SIZE:
         kmap.update(0, rss_key_bytes(key, tables=True))

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 
 from qemu.qmp import ExecuteError
 
-from ..oracle import rss
+from ..oracle import rss, tunnel
 
 COMMAND = "x-query-virtio-net-hash"
 EVENT = "VIRTIO_NET_HASH_CHANGED"
@@ -27,9 +27,18 @@ PROGRAMS = ("steering", "vnet-hash", "kfunc")
 TYPE_NAMES = {t.name.lower().replace("_", "-"): int(t) for t in rss.HashType}
 
 
+# QAPI VirtioNetTunnelType (qemu/patches 0014): the VIRTIO_NET_HASH_TUNNEL_TYPE_* bits.
+TUNNEL_NAMES = {t.name.lower().replace("_", "-"): int(t) for t in tunnel.TunnelType}
+
+
 def types_mask(names: list[str]) -> int:
     """The VIRTIO_NET_RSS_HASH_TYPE_* mask of the query's type names."""
     return sum(TYPE_NAMES[n] for n in names)
+
+
+def tunnel_mask(names: list[str]) -> int:
+    """The VIRTIO_NET_HASH_TUNNEL_TYPE_* mask of the query's tunnel type names."""
+    return sum(TUNNEL_NAMES[n] for n in names)
 
 
 def label(mechanism: str, program: str | None) -> str:
@@ -55,6 +64,7 @@ class DeviceHash:
     key: str | None  # hex, the device's whole key buffer (40 bytes)
     table: list[int]
     unclassified_queue: int
+    tunnel_types: int = 0  # inner header hash (absent before qemu/patches 0014)
     events: int = 0  # VIRTIO_NET_HASH_CHANGED since the previous query
     when: str = ""  # which point of the run (configured, reconfigure_1, ...)
 
@@ -65,7 +75,9 @@ class DeviceHash:
                    hash_report_enabled=info["hash-report-enabled"],
                    hash_types=types_mask(info["hash-types"]), key=info.get("key"),
                    table=list(info["indirection-table"]),
-                   unclassified_queue=info["unclassified-queue"], events=events, when=when)
+                   unclassified_queue=info["unclassified-queue"],
+                   tunnel_types=tunnel_mask(info.get("tunnel-types", [])), events=events,
+                   when=when)
 
     @property
     def label(self) -> str:

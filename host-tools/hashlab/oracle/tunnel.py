@@ -182,21 +182,22 @@ def header_for_hash(frame: bytes, enabled_tunnel_types: int) -> bytes | None:
     return enc.inner
 
 
-def hash_packet(frame: bytes, key: bytes, hash_types: int, enabled_tunnel_types: int = 0
-                ) -> tuple[int, int]:
-    """``(hash_value, report)`` with the inner header hash: ``rss.hash_packet`` (spec) over
-    the inner packet when the outer header matches an enabled type, else over FRAME."""
+def hash_packet(frame: bytes, key: bytes, hash_types: int, enabled_tunnel_types: int = 0,
+                behaviour: str = "spec") -> tuple[int, int]:
+    """``(hash_value, report)`` with the inner header hash: ``rss.hash_packet`` over the
+    inner packet when the outer header matches an enabled type, else over FRAME.  Which
+    packet is hashed follows this module's rules for every behaviour (QEMU's software
+    path and its eBPF program find the inner packet alike); how it is hashed follows
+    BEHAVIOUR's (``rss.BEHAVIOURS``) with its named divergences."""
     data = header_for_hash(frame, enabled_tunnel_types)
     if data is None:
         return 0, int(rss.Report.NONE)
-    return rss.hash_packet(data, key, hash_types, "spec")
+    return rss.hash_packet(data, key, hash_types, behaviour)
 
 
 def expect(cfg: rss.RssConfig, frame: bytes, enabled_tunnel_types: int = 0) -> rss.Expectation:
-    """What a device configured with CFG and ENABLED_TUNNEL_TYPES delivers for FRAME."""
-    if cfg.behaviour != "spec":
-        raise ValueError("the inner header hash is modelled for the spec behaviour only, "
-                         f"not {cfg.behaviour!r}")
-    h, r = hash_packet(frame, cfg.key, cfg.hash_types, enabled_tunnel_types)
+    """What a device configured with CFG (its behaviour too) and ENABLED_TUNNEL_TYPES
+    delivers for FRAME."""
+    h, r = hash_packet(frame, cfg.key, cfg.hash_types, enabled_tunnel_types, cfg.behaviour)
     return rss.Expectation(h, r, rss.select_queue(h, r, cfg.table, cfg.unclassified_queue),
                            rss.Report(r).is_l4)

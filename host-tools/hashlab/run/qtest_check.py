@@ -1,4 +1,5 @@
-"""The qtest driver's verdict on a kernel: every report type, hash-only, refused configurations.
+"""The qtest driver's verdict on a kernel: every report type, hash-only, refused configurations,
+the inner header hash.
 
 hashlab's own virtio-net driver (``hashlab.vdrv``) is the guest: it reads the raw 20-byte
 receive headers, so the exact report value of all nine types is checked, which the Linux
@@ -9,20 +10,32 @@ comparison (``hashlab compare``, inside each design's lab VM) use the same setup
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 
 from ..frames.packets import corpus
+from ..frames.tunnels import tunnel_frames
 from ..host import hashquery
-from ..oracle import rss
+from ..oracle import rss, tunnel
 from ..vdrv import NetRig
 from ..vdrv.check import HashSetup, run_setup
-from ..vdrv.net import VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_RSS_CONFIG, Ack, rss_config_payload
+from ..vdrv.net import (
+    VIRTIO_NET_CTRL_MQ,
+    VIRTIO_NET_CTRL_MQ_RSS_CONFIG,
+    VIRTIO_NET_F_HASH_TUNNEL,
+    Ack,
+    rss_config_payload,
+)
 
 T = rss.HashType
 # The program's named parser limits on top of the spec; tun's own parser shares them.
 BEHAVIOUR = "hashlab-ebpf"
 RANDOM_KEY = bytes(range(7, 47))
-DEVICE_OPTS = "rss=on,hash=on,vhost-hash-report=on"
+# hash-tunnel: VIRTIO_NET_F_HASH_TUNNEL offered (qemu/patches 0015); nothing changes until
+# the driver enables a type.
+DEVICE_OPTS = "rss=on,hash=on,vhost-hash-report=on,hash-tunnel=on"
+# The inner header hash over the encapsulated frames: every type, and none.
+TUNNEL_RUNS = {"all": tunnel.ALL_TUNNEL_TYPES, "none": 0}
 
 SETUPS = [
     HashSetup("rss-all-mskey", rss.ALL_TYPES, rss.MS_KEY, "rss",
@@ -92,6 +105,30 @@ def device_hash(rig: NetRig, setup: HashSetup) -> dict:
     return {"mechanism": dh.label, "differences": dh.differences(want)}
 
 
+def _tunnel(rig: NetRig, name: str, types: int) -> dict:
+    """The encapsulated frames with TYPES enabled, judged by oracle.tunnel."""
+    cfg = rss.RssConfig(key=rss.MS_KEY, hash_types=rss.ALL_TYPES,
+                        table=[i % 4 for i in range(128)], unclassified_queue=3)
+    acks = [rig.net.rss_config(cfg.hash_types, cfg.table, cfg.key, unclassified_queue=3),
+            rig.net.hash_tunnel_set(types)]
+    frames = tunnel_frames(0)
+    got = rig.run([f.data for f in frames]) if acks == [Ack.OK, Ack.OK] else None
+    right, inner, first_bad = 0, Counter(), []
+    for i, rx in (got.matched if got else []):
+        f = frames[i]
+        e = tunnel.expect(cfg, f.data, types)
+        if (rx.hash_value, rx.hash_report, rx.queue) == (e.hash, e.report, e.queue):
+            right += 1
+            if f.types & types:
+                inner[f.kind] += 1
+        elif len(first_bad) < 5:
+            first_bad.append(f"{f.desc}: got {rx.hash_value:#010x}/{rx.hash_report}/"
+                             f"q{rx.queue}, oracle {e.hash:#010x}/{e.report}/q{e.queue}")
+    return {"run": name, "tunnel_types": types, "acked": acks == [Ack.OK, Ack.OK],
+            "sent": len(frames), "received": len(got.matched) if got else 0,
+            "right": right, "inner_hashed": dict(inner), "first_wrong": first_bad}
+
+
 def check(qemu_binary: Path, vhost: bool) -> dict:
     """Every setup over the corpus, then each refused RSS_CONFIG followed by probe frames
     that must still follow the setup applied before it; counts, not assertions."""
@@ -118,6 +155,8 @@ def check(qemu_binary: Path, vhost: bool) -> dict:
                 right += (rx.hash_value, rx.hash_report, rx.queue) == (e.hash, e.report, e.queue)
             res["refused"].append({"command": name, "refused": ack == Ack.ERR,
                                    "probe": len(probe), "still_right": right})
+        res["tunnel_offered"] = rig.net.has(VIRTIO_NET_F_HASH_TUNNEL)
+        res["tunnel"] = [_tunnel(rig, n, t) for n, t in TUNNEL_RUNS.items()]
     res["seconds"] = round(time.monotonic() - t0, 1)
     return res
 
@@ -132,4 +171,8 @@ def ok(res: dict, mechanism: str | None = None) -> bool:
                                           and not s["device"]["differences"])
                     for s in res["setups"])
             and all(r["refused"] and r["still_right"] == r["probe"] for r in res["refused"])
+            and res.get("tunnel_offered", False)
+            and all(t["acked"] and t["right"] == t["received"] == t["sent"]
+                    for t in res.get("tunnel", []))
+            and len(res.get("tunnel", [])) == len(TUNNEL_RUNS)
             and bool(res["setups"]))

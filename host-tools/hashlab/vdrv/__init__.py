@@ -6,7 +6,7 @@ ones too) and sees the exact ``hash_value``/``hash_report`` the device writes.
 * :mod:`.pci` – configuration access (0xCF8/0xCFC), enumeration, BAR assignment;
 * :mod:`.virtio` – the virtio 1.x PCI transport and split virtqueues;
 * :mod:`.net` – the virtio-net driver: negotiation, control queue (RSS_CONFIG,
-  HASH_CONFIG, VQ_PAIRS_SET), receive with the raw 20-byte header;
+  HASH_CONFIG, VQ_PAIRS_SET, HASH_TUNNEL_SET), receive with the raw 20-byte header;
 * :mod:`.dgram` – UDP injection for ``-netdev dgram`` (the tap is :mod:`hashlab.host.tap`);
 * :mod:`.rig` – all of it together: ``NetRig`` starts a tap, QEMU and the driver.
 """
@@ -21,6 +21,7 @@ from .net import (  # noqa: F401
     VIRTIO_NET_ERR,
     VIRTIO_NET_F_CTRL_VQ,
     VIRTIO_NET_F_HASH_REPORT,
+    VIRTIO_NET_F_HASH_TUNNEL,
     VIRTIO_NET_F_MQ,
     VIRTIO_NET_F_MRG_RXBUF,
     VIRTIO_NET_F_RSS,

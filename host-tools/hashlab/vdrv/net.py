@@ -13,6 +13,11 @@ import time
 from dataclasses import dataclass
 
 from ..host.qtest import QtestMachine
+from ..oracle.tunnel import (
+    VIRTIO_NET_CTRL_HASH_TUNNEL,
+    VIRTIO_NET_CTRL_HASH_TUNNEL_SET,
+    VIRTIO_NET_F_HASH_TUNNEL,
+)
 from .pci import PciResourceAllocator, enumerate_bus
 from .virtio import (
     ACKNOWLEDGE,
@@ -45,7 +50,7 @@ FEATURE_NAMES = {
     VIRTIO_NET_F_MRG_RXBUF: "MRG_RXBUF", VIRTIO_NET_F_STATUS: "STATUS",
     VIRTIO_NET_F_CTRL_VQ: "CTRL_VQ", VIRTIO_NET_F_CTRL_RX: "CTRL_RX", VIRTIO_NET_F_MQ: "MQ",
     VIRTIO_F_VERSION_1: "VERSION_1", VIRTIO_NET_F_HASH_REPORT: "HASH_REPORT",
-    VIRTIO_NET_F_RSS: "RSS",
+    VIRTIO_NET_F_RSS: "RSS", VIRTIO_NET_F_HASH_TUNNEL: "HASH_TUNNEL",
 }
 
 # Control queue.
@@ -60,6 +65,7 @@ HDR_V1_HASH = struct.Struct("<BBHHHHHIHH")  # 20 bytes
 HDR_V1_HASH_LEN = HDR_V1_HASH.size
 HDR_V1_LEN = 12
 NET_CONFIG = struct.Struct("<6sHHHIBBHI")  # through supported_hash_types: 24 bytes
+NET_CONFIG_TUNNEL = struct.Struct("<I")  # supported_tunnel_types, with HASH_TUNNEL
 
 RX_SENTINEL = 0xA5  # header bytes the device does not write keep this value
 
@@ -83,6 +89,7 @@ class NetConfig:
     rss_max_key_size: int
     rss_max_indirection_table_length: int
     supported_hash_types: int
+    supported_tunnel_types: int = 0  # only with VIRTIO_NET_F_HASH_TUNNEL
 
 
 @dataclass(frozen=True)
@@ -142,7 +149,8 @@ class VirtioNet:
     """
 
     DEFAULT_WANT = (bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_NET_F_CTRL_VQ) | bit(VIRTIO_NET_F_MQ)
-                    | bit(VIRTIO_NET_F_RSS) | bit(VIRTIO_NET_F_HASH_REPORT) | bit(VIRTIO_NET_F_MAC))
+                    | bit(VIRTIO_NET_F_RSS) | bit(VIRTIO_NET_F_HASH_REPORT) | bit(VIRTIO_NET_F_MAC)
+                    | bit(VIRTIO_NET_F_HASH_TUNNEL))
 
     def __init__(self, qt: QtestMachine, *, want: int | None = None, mrg_rxbuf: bool = False,
                  require: int = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_NET_F_CTRL_VQ),
@@ -200,9 +208,12 @@ class VirtioNet:
             raise VirtioError(f"device lacks required features {feature_names(missing)} "
                               f"(offers {feature_names(self.device_features)})",
                               self.qt.cmdline, self.qt.log_path)
-        # Dependencies the spec states: MQ, RSS and HASH_REPORT need CTRL_VQ.
+        # Dependencies the spec states: MQ, RSS and HASH_REPORT need CTRL_VQ, HASH_TUNNEL
+        # also RSS or HASH_REPORT.
         if not feats & bit(VIRTIO_NET_F_CTRL_VQ):
             feats &= ~(bit(VIRTIO_NET_F_MQ) | bit(VIRTIO_NET_F_RSS) | bit(VIRTIO_NET_F_HASH_REPORT))
+        if not feats & (bit(VIRTIO_NET_F_RSS) | bit(VIRTIO_NET_F_HASH_REPORT)):
+            feats &= ~bit(VIRTIO_NET_F_HASH_TUNNEL)
         t.set_driver_features(feats)
         t.add_status(FEATURES_OK)
         if not t.status() & FEATURES_OK:
@@ -231,8 +242,11 @@ class VirtioNet:
         return self
 
     def read_config(self) -> NetConfig:
-        raw = self.transport.read_device_config(NET_CONFIG.size)
-        return NetConfig(*NET_CONFIG.unpack(raw))
+        tunnel = self.has(VIRTIO_NET_F_HASH_TUNNEL)
+        raw = self.transport.read_device_config(NET_CONFIG.size
+                                                + (NET_CONFIG_TUNNEL.size if tunnel else 0))
+        return NetConfig(*NET_CONFIG.unpack_from(raw),
+                         *(NET_CONFIG_TUNNEL.unpack_from(raw, NET_CONFIG.size) if tunnel else ()))
 
     # ------------------------------------------------------------------ control queue
 
@@ -270,6 +284,11 @@ class VirtioNet:
         """``VIRTIO_NET_CTRL_MQ_HASH_CONFIG`` (hash reports without RSS steering)."""
         return self.ctrl(VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_HASH_CONFIG,
                          hash_config_payload(hash_types, key))
+
+    def hash_tunnel_set(self, tunnel_types: int) -> int:
+        """``VIRTIO_NET_CTRL_HASH_TUNNEL_SET``: hash these encapsulations' inner header."""
+        return self.ctrl(VIRTIO_NET_CTRL_HASH_TUNNEL, VIRTIO_NET_CTRL_HASH_TUNNEL_SET,
+                         struct.pack("<I", tunnel_types))
 
     def vq_pairs_set(self, pairs: int) -> int:
         return self.ctrl(VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, struct.pack("<H", pairs))
