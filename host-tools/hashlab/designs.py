@@ -45,6 +45,10 @@ class Design:
     # What the patched QEMU's x-query-virtio-net-hash says here once a guest asked for
     # RSS and hash reports (hashlab.host.hashquery.label; vhost on or off alike).
     mechanism: str = "ebpf/steering"
+    # What virtio 1.3's inner header hash (VIRTIO_NET_F_HASH_TUNNEL) costs the design: the
+    # patches of its kernel series and of the QEMU series its path needs for it.
+    tunnel_kernel_patches: tuple[int, ...] = ()
+    tunnel_qemu_patches: tuple[int, ...] = ()
 
     def __post_init__(self):  # a typo here would only show as a wrong verdict much later
         if self.behaviour not in BEHAVIOURS:
@@ -60,6 +64,8 @@ class Design:
 # command keeping the configuration (12).  The eBPF designs add the program (1-3, 6, 10).
 _QEMU_COMMON = (4, 5, 7, 8, 12)
 _QEMU_EBPF = (1, 2, 3, 6, 10)
+# The inner header hash: the program (14) and the device (15); tun's own (16).
+_QEMU_TUNNEL_EBPF = (14, 15)
 _FDS = ("; or none when a management application loads the program (request-ebpf) and "
         "passes its fds (ebpf-rss-fds)")
 
@@ -70,17 +76,20 @@ DESIGNS: tuple[Design, ...] = (
            "progtype", hash_report_with_vhost=True, behaviour="spec", cache_kind="kernel",
            mechanism="ebpf-report/vnet-hash",
            qemu_patches=tuple(sorted(_QEMU_COMMON + _QEMU_EBPF)),
+           tunnel_qemu_patches=_QEMU_TUNNEL_EBPF,
            privileges="CAP_BPF and CAP_NET_ADMIN to load a BPF_PROG_TYPE_VNET_HASH program"
            + _FDS),
     Design("kfunc", "the BPF maintainers' way: the socket filter calls a kfunc",
            "kfunc", hash_report_with_vhost=True, behaviour="spec", cache_kind="kernel-kfunc",
            mechanism="ebpf-report/kfunc",
            qemu_patches=tuple(sorted(_QEMU_COMMON + _QEMU_EBPF + (9,))),
+           tunnel_qemu_patches=_QEMU_TUNNEL_EBPF,
            privileges="CAP_BPF to load a socket filter that calls a kfunc (unprivileged "
            "programs may not)" + _FDS),
     Design("tunrss", "the series' later way: tun hashes itself, set by ioctls",
            "tunrss", hash_report_with_vhost=True, behaviour="spec", cache_kind="kernel-tunrss",
            qemu_patches=tuple(sorted(_QEMU_COMMON + (11,))), hasher="tun", mechanism="tun",
+           tunnel_kernel_patches=(8,), tunnel_qemu_patches=(15, 16),
            privileges="none beyond the tap fd QEMU already holds (two ioctls on it); "
            "a passed tap fd works as it is"),
 )

@@ -57,7 +57,10 @@ def _qtest(vhost: bool, wrong: int = 0) -> dict:
              "reports_seen": list(range(10)), "first_wrong": ["f: got x"] if wrong else []}
     res = {"vhost": vhost, "hash_report_negotiated": True, "setups": [setup],
            "refused": [{"command": "key-too-long-41", "refused": True, "probe": 30,
-                        "still_right": 30}], "seconds": 5.0}
+                        "still_right": 30}], "seconds": 5.0, "tunnel_offered": True,
+           "tunnel": [{"run": r, "tunnel_types": t, "acked": True, "sent": 129,
+                       "received": 129, "right": 129, "inner_hashed": {}, "first_wrong": []}
+                      for r, t in (("all", 0x1FF), ("none", 0))]}
     from hashlab.run import qtest_check
     res["ok"] = qtest_check.ok(res)
     return res
@@ -77,7 +80,8 @@ def doc(frames):  # noqa: F811
                                         "qtest": {"tunrss": [_qtest(False), _qtest(True, 2)]}})
     return evidence.build(json.loads(json.dumps(compare_doc)), _program(), _datapath(),
                           interface.design_costs(),
-                          {"commit": "abc123", "versions": "v", "reproduce": "scripts/demo"})
+                          {"commit": "abc123", "versions": "v", "reproduce": "scripts/demo"},
+                          interface.tunnel_costs())
 
 
 def test_regenerated_from_report_json_is_the_same_report(doc, tmp_path):
@@ -153,6 +157,7 @@ def test_the_qtest_drivers_counts_are_shown(doc):
     assert len(rows) == 2
     assert "497/497" in rows[0] and "0,1,2,3,4,5,6,7,8,9" in rows[0] and "PASS" in rows[0]
     assert "495/497" in rows[1] and "FAIL" in rows[1] and "1/1" in rows[1]
+    assert all("all 129/129 none 129/129" in r for r in rows)
     assert not evidence.ok(doc)
     assert "992/994 frames with the exact report value" in " ".join(doc["summary"].split())
 
@@ -198,3 +203,24 @@ def test_uapi_items_are_counted_item_by_item():
     assert not any(u.startswith("member max_") for u in c["tunrss"]["uapi"])  # in the struct
     assert {"enum BPF_PROG_TYPE_VNET_HASH", "member vnet_hash_value"} <= set(c["progtype"]["uapi"])
     assert c["kfunc"]["kfuncs"] == ["bpf_skb_set_vnet_hash"] and c["progtype"]["kfuncs"] == []
+
+
+def test_what_the_inner_header_hash_cost_each_design(doc):
+    """#18's table: counted from the patches that implement the feature; the eBPF
+    designs need no kernel change, tunrss needs kernel code and UAPI."""
+    c = interface.tunnel_costs()
+    for d in ("progtype", "kfunc"):
+        assert c[d]["kernel_lines"] == [0, 0] and c[d]["uapi"] == [] and not c[d]["new_kernel"]
+        assert c[d]["qemu_ebpf_lines"][0] > 100 and c[d]["qemu_c_lines"][0] > 100
+    t = c["tunrss"]
+    assert t["kernel_patches_found"] == len(t["kernel_patches"]) == 1 and t["new_kernel"]
+    assert t["kernel_lines"][0] > 100 and t["qemu_ebpf_lines"] == [0, 0]
+    assert {"#define TUN_VNET_HASH_TUNNEL", "#define TUNGETVNETHASHTUNNELS",
+            "struct virtio_net_hash_tunnel"} <= set(t["uapi"])
+    md = htmlreport.markdown(doc)
+    assert "## When the spec grows: inner header hash" in md
+    table = md.split("## When the spec grows")[1]
+    row = next(ln for ln in table.splitlines() if ln.startswith("| tunrss "))
+    assert row.rstrip(" |").endswith("yes")
+    assert f"+{t['kernel_lines'][0]}/−{t['kernel_lines'][1]}" in row
+    assert f"| {len(t['uapi'])} " in row

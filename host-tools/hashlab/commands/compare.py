@@ -89,7 +89,8 @@ def _run(args) -> int:
             from ..results import evidence, htmlreport, interface
 
             paths = htmlreport.write_reports(
-                evidence.build(doc, costs=interface.design_costs()), out)
+                evidence.build(doc, costs=interface.design_costs(),
+                               growth=interface.tunnel_costs()), out)
             print("report: " + ", ".join(str(p) for p in paths) + f"; JSON: {json_path}")
     bad = [r for r in results if r.status == M.ERROR or (r.status == M.RAN and not r.ok)]
     for design, runs in (meta.get("qtest") or {}).items():

@@ -74,7 +74,7 @@ def _run(args) -> int:
                  "reproduce": "git clone <hashlab> && cd hashlab && scripts/demo",
                  "phases": phases.get("seconds", {})}
         doc = evidence.build(_load(args.compare), _load(args.program), _load(args.datapath),
-                             interface.design_costs(), extra)
+                             interface.design_costs(), extra, interface.tunnel_costs())
     paths = htmlreport.write_reports(doc, out)
     print("report: " + ", ".join(str(p) for p in paths), file=sys.stderr)
     return Exit.OK if evidence.ok(doc) else Exit.FAILED

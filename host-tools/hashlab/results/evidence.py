@@ -192,12 +192,33 @@ def summary(doc: dict) -> str:
                      + f", kernel +{i['kernel_lines'][0]}/-{i['kernel_lines'][1]} lines, "
                      f"QEMU C +{i['qemu_c_lines'][0]}/-{i['qemu_c_lines'][1]}, eBPF "
                      f"+{i['qemu_ebpf_lines'][0]}/-{i['qemu_ebpf_lines'][1]}.")
+    g = doc.get("spec_growth")
+    if g:
+        parts.append("When the spec grew (virtio 1.3's inner header hash): " + "; ".join(
+            f"{r['design']} kernel +{r['kernel_lines'][0]}/-{r['kernel_lines'][1]} lines and "
+            f"{len(r['uapi'])} UAPI items, QEMU C +{r['qemu_c_lines'][0]}, eBPF "
+            f"+{r['qemu_ebpf_lines'][0]}, " + ("a new host kernel" if r["new_kernel"]
+                                               else "no new host kernel")
+            for r in g["rows"]) + ".")
     parts.append(f"Versions: {m.get('versions', '?')}. Reproduce: {m.get('reproduce', '?')}.")
     return textwrap.fill(" ".join(parts), 72, break_on_hyphens=False, break_long_words=False)
 
 
+def spec_growth(growth: dict[str, dict] | None) -> dict | None:
+    """What virtio 1.3's inner header hash cost each design (results.interface
+    .tunnel_costs), as the report's table rows."""
+    if not growth:
+        return None
+    return {"feature": "inner header hash (VIRTIO_NET_F_HASH_TUNNEL, virtio 1.3)",
+            "rows": [{"design": d, **c} for d, c in growth.items()],
+            "note": "counted over the patches that implement it; the eBPF designs' QEMU "
+                    "patches are the program (14) and the device (15), tunrss's the "
+                    "device and tun's interface (15, 16)"}
+
+
 def build(compare_doc: dict, program: dict | None = None, datapath: dict | None = None,
-          costs: dict[str, dict] | None = None, extra_meta: dict | None = None) -> dict:
+          costs: dict[str, dict] | None = None, extra_meta: dict | None = None,
+          growth: dict[str, dict] | None = None) -> dict:
     rows = M.rows_from_json(compare_doc)
     meta = {**compare_doc.get("meta", {}), **(extra_meta or {})}
     row_docs = [r.to_json() for r in rows]
@@ -208,6 +229,7 @@ def build(compare_doc: dict, program: dict | None = None, datapath: dict | None 
                         "qtest": meta.pop("qtest", None)},
         "cost": {"per_packet": per_packet(program), "datapath": datapath_cost(datapath)},
         "interface": interface_rows(costs or {}, rows),
+        "spec_growth": spec_growth(growth),
     }
     doc["summary"] = summary(doc)
     return doc

@@ -142,15 +142,20 @@ def _qtest_md(doc: dict) -> list[str]:
                        if setups and setups[0] in by else "—",
                        f"{sum(r['refused'] and r['still_right'] == r['probe'] for r in ref)}"
                        f"/{len(ref)}" if ref else "—",
+                       " ".join(f"{t['run']} {t['right']}/{t['sent']}"
+                                for t in q.get("tunnel", [])) or "—",
                        "PASS" if q.get("ok") else "FAIL"])
     return ["### The exact report values: a virtio-net driver over qtest", "",
             "hashlab's own driver (the Linux guest shows only L3/L4) reads the raw receive "
             "header of every corpus frame: frames with hash, report value and queue as the "
             "spec gives them / frames received, per configuration; then each refused "
-            "RSS_CONFIG must leave the previous configuration hashing.", "",
+            "RSS_CONFIG must leave the previous configuration hashing; then the "
+            "encapsulated frames with the inner header hash for every tunnel type, and "
+            "for none (right / sent, against oracle.tunnel).", "",
             md_table(["design", "vhost", "HASH_REPORT"] + setups
                      + [f"report values ({setups[0]})" if setups else "report values",
-                        "refused, kept the old one", "verdict"], body), ""]
+                        "refused, kept the old one", "inner header hash", "verdict"],
+                     body), ""]
 
 
 def _cost_md(doc: dict, chart) -> list[str]:
@@ -221,6 +226,22 @@ def _interface_md(doc: dict) -> list[str]:
     return out
 
 
+def _growth_md(doc: dict) -> list[str]:
+    g = doc.get("spec_growth")
+    if not g:
+        return []
+    return ["## When the spec grows: " + g["feature"], "",
+            md_table(["design", "kernel lines", "new UAPI items", "QEMU patches",
+                      "QEMU C lines", "QEMU eBPF lines", "a running host needs a new kernel"],
+                     [[r["design"], _lines(r["kernel_lines"]), len(r["uapi"]),
+                       ",".join(str(n) for n in r["qemu_patches"]),
+                       _lines(r["qemu_c_lines"]), _lines(r["qemu_ebpf_lines"]),
+                       "yes" if r["new_kernel"] else "no"] for r in g["rows"]]),
+            "", f"{g['note'][0].upper()}{g['note'][1:]}.", ""] + [
+            f"* {r['design']} UAPI: {', '.join(f'`{u}`' for u in r['uapi'])}"
+            for r in g["rows"] if r["uapi"]] + [""]
+
+
 def markdown(doc: dict, chart=None) -> str:
     """The report as Markdown; CHART(name, alt) gives the text standing for a chart
     (default: an image link to name.svg)."""
@@ -250,6 +271,7 @@ def markdown(doc: dict, chart=None) -> str:
         lines += ["### What QEMU said", "", "```text", notes, "```", ""]
     lines += _cost_md(doc, ch)
     lines += _interface_md(doc)
+    lines += _growth_md(doc)
     q = [r for r in rows if f"queues-{r.id}" in svgs]
     if q:
         lines += ["## Receive queues: expected (spec) vs observed", ""]

@@ -166,3 +166,24 @@ def design_costs() -> dict[str, dict]:
                              if _kind(f.path, False) == "kernel"],
         }
     return out
+
+
+def tunnel_costs() -> dict[str, dict]:
+    """Per design with a series: what the inner header hash (VIRTIO_NET_F_HASH_TUNNEL)
+    cost it, counted from the patches that implement it (``Design.tunnel_*_patches``):
+    kernel lines and UAPI items, QEMU C and eBPF lines, and whether a running host needs
+    a new kernel for its guests to get the feature."""
+    out = {}
+    for d in designs.with_series():
+        by_no = {int(p.name[:4]): p for p in series_patches(d.series_dir)}
+        k = count([by_no[n] for n in d.tunnel_kernel_patches if n in by_no])
+        q = count(qemu_patches(d.tunnel_qemu_patches), qemu=True)
+        out[d.name] = {
+            "kernel_patches": list(d.tunnel_kernel_patches),
+            "kernel_patches_found": k.patches,
+            "kernel_lines": list(k.kernel), "uapi": k.uapi,
+            "qemu_patches": list(d.tunnel_qemu_patches), "qemu_c_lines": list(q.c),
+            "qemu_ebpf_lines": list(q.ebpf),
+            "new_kernel": bool(d.tunnel_kernel_patches),
+        }
+    return out
