@@ -13,6 +13,7 @@ and queue of oracle.tunnel, with each type enabled alone, all, none.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections import Counter
 
 import pytest
@@ -136,3 +137,49 @@ def test_inner_hash_in_qemu_s_software_path(host_rig):
     dev = hashquery.query_sync(host_rig.qt, NetRig.DEVICE_PATH)
     assert dev["mechanism"] == "software", dev
     assert host_rig.net.hash_tunnel_set(1 << 12) == Ack.ERR
+
+
+def _migrate(src: NetRig, uri: str) -> str:
+    """Migrate SRC's QEMU to URI; the final status (completed or failed)."""
+    src.qt.qmp("migrate", uri=uri)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        status = src.qt.qmp("query-migrate").get("status")
+        if status in ("completed", "failed", "cancelled"):
+            return status
+        time.sleep(0.1)
+    raise AssertionError(f"migration to {uri} still {status} after 60 s")
+
+
+@pytest.mark.built
+@pytest.mark.parametrize("dst_types", [ALL_TUNNEL_TYPES, int(TunnelType.VXLAN)],
+                         ids=["same-device", "fewer-types"])
+def test_the_setting_migrates_or_the_stream_is_refused(tmp_path, dst_types):
+    """The enabled types travel in the virtio-net-device/hash-tunnel subsection; a
+    destination that does not offer one of them refuses the stream, and the source,
+    resumed, still has them."""
+    enabled = int(TunnelType.VXLAN | TunnelType.GENEVE)
+    uri = f"unix:{tmp_path / 'migrate.sock'}"
+    with NetRig(qemu_binary=_qemu(), queues=4, device_opts=OPTS,
+                log_dir=tmp_path / "src") as src:
+        _configure(src, enabled)
+        with NetRig(qemu_binary=_qemu(), queues=4, driver=False, log_dir=tmp_path / "dst",
+                    device_opts=f"{OPTS},hash-tunnel-types={dst_types}",
+                    extra_args=["-incoming", uri]) as dst:
+            status = _migrate(src, uri)
+            if dst_types == ALL_TUNNEL_TYPES:
+                assert status == "completed", dst.qt.tail()
+                dev = hashquery.DeviceHash.from_qmp(
+                    hashquery.query_sync(dst.qt, NetRig.DEVICE_PATH))
+                assert dev.tunnel_types == enabled and dev.rss_enabled, dev
+            else:
+                # the source only sends (no return path): it is the destination that
+                # refuses, in the subsection's post_load, and exits
+                assert status in ("completed", "failed")
+                dst.qt.wait(10)
+                assert not dst.qt.running, "the destination took a stream it cannot honour"
+                assert "this device supports 0x10" in dst.qt.log_path.read_text()
+                src.qt.qmp("cont")
+                dev = hashquery.DeviceHash.from_qmp(
+                    hashquery.query_sync(src.qt, NetRig.DEVICE_PATH))
+                assert dev.tunnel_types == enabled

@@ -53,7 +53,8 @@ class NetRig:
                  device_opts: str = "rss=on,hash=on", vhost: bool = False, mrg_rxbuf: bool = False,
                  want: int | None = None, rx_queue_size: int = 256, log_dir=None,
                  extra_args: Sequence[str] = (), accel: str = "auto", qtest_log: bool = False,
-                 pass_fds: Sequence[int] = (), device_json: dict | None = None):
+                 pass_fds: Sequence[int] = (), device_json: dict | None = None,
+                 driver: bool = True):
         if netdev not in ("tap", "dgram"):
             raise ValueError(f"netdev must be tap or dgram, not {netdev!r}")
         if netdev == "dgram" and queues != 1:
@@ -72,6 +73,8 @@ class NetRig:
         self.device_json = device_json  # JSON -device properties instead of device_opts
         self.accel = accel
         self.qtest_log = qtest_log
+        # False: QEMU only, no driver bring-up (a migration's destination, -incoming)
+        self.driver = driver
         self.injector: Tap | UdpInjector | None = None
         self.qt: QtestMachine | None = None
         self.net: VirtioNet | None = None
@@ -110,8 +113,9 @@ class NetRig:
                 pass_fds=(*fds, *self.pass_fds)))
             if self.netdev == "tap":
                 self.injector.release()  # QEMU holds the queues: the tap now lives as long as it
-            self.net = VirtioNet(self.qt, want=self.want, mrg_rxbuf=self.mrg_rxbuf,
-                                 rx_queue_size=self.rx_queue_size).probe().init()
+            if self.driver:
+                self.net = VirtioNet(self.qt, want=self.want, mrg_rxbuf=self.mrg_rxbuf,
+                                     rx_queue_size=self.rx_queue_size).probe().init()
         except BaseException:
             self._stack.close()
             raise
