@@ -5,12 +5,18 @@ that decides the output (source version, patch files, config, tool versions).  A
 is complete only once its ``.done`` stamp exists, so an interrupted build is never
 mistaken for a finished one; it is rebuilt into a fresh temp directory and renamed into
 place atomically.
+
+Builders may run at once on one entry (scripts/test -n N: lab VMs sharing the cache over
+9p, where flock() is local to each VM and locks nothing): each fills its own temp
+directory and the first to finish wins; the others drop theirs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import secrets
 import shutil
 import time
 from contextlib import contextmanager
@@ -97,9 +103,10 @@ class CacheEntry:
 
     @contextmanager
     def fill(self) -> Iterator[Path]:
-        """Yield a temp dir to build into; on success it becomes the entry."""
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
+        """Yield a temp dir to build into; on success it becomes the entry (unless another
+        builder finished it first: then the temp dir goes and its entry stays)."""
+        self._drop_stale()
+        tmp = self.path.with_name(f"{self.path.name}.tmp.{os.getpid()}.{secrets.token_hex(4)}")
         tmp.mkdir(parents=True)
         t0 = time.monotonic()
         try:
@@ -116,6 +123,24 @@ class CacheEntry:
             **self.extra,
         }
         (tmp / ".done").write_text(json.dumps(meta, indent=1) + "\n")
+        if self.done:  # another builder was quicker: same inputs, same entry
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
         record_build(meta, self.root)
-        shutil.rmtree(self.path, ignore_errors=True)
-        tmp.rename(self.path)
+        if self.path.exists() and not self.done:  # left by an older hashlab
+            shutil.rmtree(self.path, ignore_errors=True)
+        try:
+            tmp.rename(self.path)
+        except OSError:  # renamed onto a directory another builder just put there
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not self.done:
+                raise
+
+    def _drop_stale(self, age: float = 6 * 3600) -> None:
+        """Temp dirs of builds killed hard (SIGKILL, power off): none lives for hours."""
+        for d in self.path.parent.glob(f"{self.path.name}.tmp*"):
+            try:
+                if time.time() - d.stat().st_mtime > age:
+                    shutil.rmtree(d, ignore_errors=True)
+            except OSError:
+                pass

@@ -12,6 +12,7 @@ import argparse
 import importlib
 import sys
 
+from .commands import qemu_option
 from .errors import HashlabError, Terminated, raise_on_termination
 
 # Module (relative to the package) -> what it provides.  Order is the help order.
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     raise_on_termination()
     try:
+        qemu_option.apply(args)
         return int(args.func(args) or 0)
     except HashlabError as e:
         print(f"hashlab: error: {e}", file=sys.stderr)

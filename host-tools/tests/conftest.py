@@ -10,7 +10,17 @@ from pathlib import Path
 
 import pytest
 
+import shard
+
 IN_LAB = os.environ.get("HASHLAB_IN_LAB") == "1"
+
+
+def pytest_addoption(parser):
+    shard.addoption(parser)
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(shard.Plugin(), "hashlab-shard")
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m selects by marker

@@ -20,7 +20,8 @@ from pathlib import Path
 
 # Skips allowed per tier: the host tier may skip for reasons outside the project (no
 # root, no /dev/net/tun); the build and lab tiers run where everything is built.
-ALLOWED_SKIPS = {"host": None, "built": 0, "lab": 0, "lab-kfunc": 0, "lab-tunrss": 0}
+ALLOWED_SKIPS = {"host": None, "built": 0, "lab": 0, "lab-kfunc": 0, "lab-tunrss": 0,
+                 "tree": 0}
 MAX_RETRIES_PER_TEST = 2
 
 
@@ -42,6 +43,18 @@ def read_tier(path: Path) -> list[dict]:
                       "reason": reason, "retries": int(props.get("hashlab_retries") or 0),
                       "retry_notes": retry_notes})
     return cases
+
+
+def tier_files(results: Path, tier: str) -> tuple[list[Path], list[Path]]:
+    """TIER's JUnit files (one, or one per shard: junit-TIER.shard-K-of-N.xml, from
+    scripts/test -n N) and those that should be there but are not."""
+    one = results / f"junit-{tier}.xml"
+    shards = sorted(results.glob(f"junit-{tier}.shard-*-of-*.xml"))
+    if one.is_file() or not shards:
+        return ([one], []) if one.is_file() else ([], [one])
+    n = int(shards[0].name.rsplit("-of-", 1)[1].split(".")[0])
+    want = [results / f"junit-{tier}.shard-{k}-of-{n}.xml" for k in range(1, n + 1)]
+    return [p for p in want if p.is_file()], [p for p in want if not p.is_file()]
 
 
 def compare_ids(tier: str, ids: list[str], results: Path) -> str:
@@ -72,18 +85,20 @@ def main(argv: list[str]) -> int:
     bad: list[str] = []
     total = Counter()
     for tier in tiers:
-        path = results / f"junit-{tier}.xml"
-        if not path.is_file():
-            print(f"{tier} tier: no results ({path} missing): it did not run to the end")
+        paths, missing = tier_files(results, tier)
+        if missing:
+            print(f"{tier} tier: no results ({', '.join(map(str, missing))} missing): "
+                  "it did not run to the end")
             bad.append(f"{tier}: no results")
             continue
-        cases = read_tier(path)
+        cases = [c for p in paths for c in read_tier(p)]
         n = Counter(c["outcome"] for c in cases)
         retried = [c for c in cases if c["retries"]]
         n_retries = sum(c["retries"] for c in cases)
         total.update(n)
         total["retries"] += n_retries
-        print(f"{tier} tier: {len(cases)} tests, {n['passed']} passed, {n['failed']} failed, "
+        spread = f" (in {len(paths)} shards)" if len(paths) > 1 else ""
+        print(f"{tier} tier{spread}: {len(cases)} tests, {n['passed']} passed, {n['failed']} failed, "
               f"{n['skipped']} skipped, {n_retries} VM retries in {len(retried)} tests; "
               + compare_ids(tier, [c["id"] for c in cases if c["outcome"] != "skipped"],
                             results))

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .. import designs
+from . import qemu_option
 from ..errors import HashlabError
 
 
@@ -79,6 +80,7 @@ def register(sub) -> None:
     dp.add_argument("--timeout", type=float, default=2400,
                     help="seconds for the lab VM at idle (default 2400)")
     dp.add_argument("--json", action="store_true", help="print the JSON instead of the table")
+    qemu_option.add(dp)
     dp.set_defaults(func=_datapath)
 
     tp = bsub.add_parser(

@@ -35,6 +35,8 @@ def _kernel_design(args: argparse.Namespace) -> designs.Design:
 def _kernel(args: argparse.Namespace) -> int:
     from ..build import kernel
 
+    if args.tree:
+        return _kernel_tree(args)
     design = _kernel_design(args)
     if args.bisect:
         import json
@@ -64,6 +66,29 @@ def _kernel(args: argparse.Namespace) -> int:
         print(f"  headers  {path / 'headers' / 'include'}")
         print(f"  libbpf   PKG_CONFIG_PATH={path / 'libbpf' / 'lib' / 'pkgconfig'}")
         print(f"  bpftool  {path / 'bpftool'}")
+    return 0
+
+
+def _kernel_tree(args: argparse.Namespace) -> int:
+    """--tree PATH: a developer's own tree, built out of tree into the cache."""
+    import json
+    from pathlib import Path
+
+    from ..build import kernel_tree
+
+    if args.design or args.stock or args.bisect or args.keep_work:
+        raise UsageError("--tree builds the tree as it is: --design, --stock, --bisect and "
+                         "--keep-work do not apply (its design is probed from the build)")
+    path = kernel_tree.ensure(args.tree, Path(args.config) if args.config else None,
+                              force=args.force, jobs=args.jobs, nice=args.nice)
+    if args.print_path:
+        print(path)
+        return 0
+    info = json.loads((path / "tree.json").read_text())
+    print(f"kernel of {info['tree']} ({info['describe']}): {path}")
+    print(f"  bzImage  {path / 'bzImage'}  ({(path / 'kernel.release').read_text().strip()})")
+    print(f"  design   {info['design']} (probed from its UAPI headers and System.map)")
+    print(f"  boot it  hashlab lab --kernel-tree {args.tree} -- CMD")
     return 0
 
 
@@ -97,6 +122,13 @@ def _register_kernel(sub) -> None:
                    help=f"an alias for --design {designs.CONTROL}: the control, the same "
                    "source and lab.config without any series (for the comparison's "
                    "\"kernel without the series\" rows)")
+    p.add_argument("--tree", metavar="PATH",
+                   help="build your own kernel git tree instead, out of tree (make O= in the "
+                   "cache, keyed by its git describe --dirty and a hash of its diff), with "
+                   "kernel/lab.config merged on top of the base config")
+    p.add_argument("--config", metavar="FILE",
+                   help="with --tree: the base config (default: allnoconfig, as for "
+                   "hashlab's own kernels)")
     p.set_defaults(func=_kernel)
 
 

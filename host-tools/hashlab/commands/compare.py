@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from ..errors import Exit
+from . import qemu_option
 
 
 def register(sub):
@@ -52,6 +53,7 @@ def register(sub):
                    "boot of a design with a series, vhost off and on")
     p.add_argument("--no-report", action="store_true", help="no report.md / report.html")
     p.add_argument("--quiet-table", action="store_true", help=argparse.SUPPRESS)
+    qemu_option.add(p)
     p.set_defaults(func=_run)
 
 
@@ -68,6 +70,7 @@ def _run(args) -> int:
                               lab_timeout=args.lab_timeout, echo=echo,
                               run_lab=not args.no_lab, json_path=json_path,
                               qtest=args.qtest)
+    meta["qemus"] = qemu_option.probe_all()  # what each QEMU of the run can do, asked
     doc = M.rows_to_json(results, meta)
     text = json.dumps(doc, indent=1, default=str) + "\n"
     out.mkdir(parents=True, exist_ok=True)
@@ -78,6 +81,8 @@ def _run(args) -> int:
         print(M.render_table(results))
         print()
         print(M.render_types(results))
+        print()
+        print(M.render_qemus(meta["qemus"]))
         notes = M.render_notes(results)
         if notes:
             print()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .. import designs
 from ..host import lab
-from ..errors import Exit
+from ..errors import Exit, UsageError
 
 
 def register(sub):
@@ -24,6 +24,10 @@ def register(sub):
                    help=f"boot this design's cached kernel: {', '.join(designs.NAMES)} "
                    f"(default {designs.DEFAULT}); with --kernel: what that bzImage is")
     p.add_argument("--kernel", help="bzImage to boot (default: the design's cached kernel)")
+    p.add_argument("--kernel-tree", metavar="PATH",
+                   help="boot a kernel tree: its own build (arch/x86/boot/bzImage, as "
+                   "vng --run PATH) or its cached hashlab build kernel --tree; the kernel's "
+                   "design is probed from the build, and again in the lab VM")
     p.add_argument("--timeout", type=float, default=600,
                    help="seconds at idle; scaled by the machine's load (default 600)")
     p.add_argument("--memory", default="4G")
@@ -51,6 +55,15 @@ def register(sub):
 
 def _run(args) -> int:
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if args.kernel_tree:
+        from ..build import kernel_tree
+
+        if args.kernel or args.design:
+            raise UsageError("--kernel-tree boots the tree's kernel: not with --kernel or "
+                             "--design (its design is probed)")
+        args.kernel, design, where = kernel_tree.bootable(args.kernel_tree)
+        print(f"hashlab lab: {args.kernel} ({where}): design {design}, probed from its "
+              "UAPI headers and System.map", file=sys.stderr)
     accel = args.accel
     if accel != "tcg":
         kernel = Path(args.kernel) if args.kernel else lab.default_kernel(

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from .. import designs
+from . import qemu_option
 
 
 def register(sub):
@@ -47,6 +48,7 @@ def register(sub):
     import argparse
 
     p.add_argument("--out-parent", help=argparse.SUPPRESS)  # OUT/<name> for each scenario
+    qemu_option.add(p)
     p.set_defaults(func=_run)
 
 
@@ -69,6 +71,12 @@ def _run(args) -> int:
     many = len(scs) > 1
     here_is_lab = datapath.in_lab()
     lab_scs = [] if (args.here or here_is_lab) else [(p, s) for p, s in scs if s.where == "lab"]
+    if lab_scs:  # this machine may be the lab itself: no nesting for its design
+        design, why = datapath.host_lab()
+        if design and any(sc.datapath.design == design for _, sc in lab_scs):
+            print(f"hashlab run: {why}: running its scenarios here", file=sys.stderr)
+            datapath.become_lab(design)
+            lab_scs = [(p, s) for p, s in lab_scs if s.datapath.design != design]
     local = [(p, s) for p, s in scs if (p, s) not in lab_scs]
     rc = 0
     for path, sc in local:

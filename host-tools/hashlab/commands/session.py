@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from .. import designs
+from . import qemu_option
 
 
 def register(sub):
@@ -44,6 +45,7 @@ def register(sub):
                    help="seconds for the lab VM at idle (scaled by load; default 1800)")
     p.add_argument("--out", help="results directory (VM log, session results; default "
                    "results/<scenario>/session)")
+    qemu_option.add(p)
     p.set_defaults(func=_run, parser=p)
 
 
@@ -63,7 +65,11 @@ def _run(args) -> int:
             raise UsageError(f"--design: {sc.name} does not run in the lab VM (where: host)")
         sc.datapath.design = args.design
     if sc.where == "lab" and not (args.here or datapath.in_lab()):
-        return _in_lab(args, sc, cmd)
+        design, why = datapath.host_lab()  # this machine may be the lab itself
+        if design != sc.datapath.design:
+            return _in_lab(args, sc, cmd)
+        print(f"hashlab session: {why}: the guest runs here", file=sys.stderr)
+        datapath.become_lab(design)
     return asyncio.run(_here(args, sc, cmd))
 
 

@@ -113,6 +113,35 @@ def running_design() -> str:
     return "tunrss" if kernel_has_tun_hash() else designs.CONTROL
 
 
+def host_lab() -> tuple[str | None, str]:
+    """(design, why) when this machine is itself a lab: its running kernel has a
+    design's series, /dev/vhost-net opens and KVM runs guests; then ``hashlab run`` and
+    ``hashlab session`` run that design's ``where: lab`` scenarios here, with KVM,
+    instead of booting a lab VM under TCG.  (None, why not) otherwise."""
+    if in_lab():
+        return None, "already in the lab VM"
+    d = designs.get(running_design())
+    if not d.series:
+        return None, f"the running kernel {kernel_release()} has no design's series"
+    try:
+        os.close(os.open("/dev/vhost-net", os.O_RDWR | os.O_CLOEXEC))
+    except OSError as e:
+        return None, f"/dev/vhost-net: {e.strerror}"
+    from . import kvm
+
+    v = kvm.probe(timeout=10)
+    if not v.usable:
+        return None, f"KVM cannot run guests here: {v.reason}"
+    return d.name, (f"the running kernel {kernel_release()} is a {d.name} lab: its series, "
+                    "/dev/vhost-net and KVM are here")
+
+
+def become_lab(design: str) -> None:
+    """Run the rest of this process as the lab VM's hashlab would (after host_lab())."""
+    os.environ["HASHLAB_IN_LAB"] = "1"
+    os.environ[LAB_DESIGN_ENV] = designs.get(design).name
+
+
 def prep() -> dict:
     """What the host prepared for this lab VM run ({} elsewhere)."""
     p = os.environ.get(PREP_ENV)

@@ -265,6 +265,9 @@ def markdown(doc: dict, chart=None) -> str:
         lines += [f"* `{c['row']}`: {c['qemu']} QEMU on the {c['kernel']} kernel, vhost "
                   f"{'on' if c['vhost'] else 'off'}: {c['what']}" for c in cross]
         lines.append("")
+    if m.get("qemus"):
+        lines += ["### The QEMUs of this run, as each answered over QMP", "",
+                  M.render_qemus(m["qemus"]), ""]
     lines += _qtest_md(doc)
     notes = M.render_notes(rows)
     if notes:

@@ -210,6 +210,24 @@ def render_types(rows: list[RowResult]) -> str:
     return "\n".join([fmt(head)] + [fmt(b) for b in body])
 
 
+def render_qemus(qemus: dict[str, dict]) -> str:
+    """The QEMUs of the run, as each answered the probe (hashlab.host.qemu_caps)."""
+    if not qemus:
+        return ""
+    yn = lambda b: "yes" if b else "no"
+    lines = ["| QEMU | version | binary | eBPF RSS | hash reports through vhost_net on | "
+             "inner header hash | x-query-virtio-net-hash |",
+             "|---|---|---|---|---|---|---|"]
+    for kind, c in qemus.items():
+        if c.get("error"):
+            lines.append(f"| {kind} | ? | `{c['binary']}` | {c['error']} | | | |")
+            continue
+        lines.append(f"| {kind} | {c['version']} | `{c['binary']}` | "
+                     f"{yn('ebpf-rss-fds' in c['props'])} | {', '.join(c['designs']) or 'none'} | "
+                     f"{yn('hash-tunnel' in c['props'])} | {yn(c['query'])} |")
+    return "\n".join(lines)
+
+
 def render_notes(rows: list[RowResult]) -> str:
     out = []
     for r in rows:
