@@ -95,9 +95,12 @@ def test_a_failing_script_fails_the_session(private_tmp, tmp_path):
 @pytest.mark.vm
 @pytest.mark.timeout(900)
 def test_ctrl_c_tears_the_session_down(private_tmp, tmp_path):
+    # A terminal's Ctrl-C reaches a session whose SIGINT is at its default; a test run
+    # started in the background (`cmd &` without job control) inherits SIGINT ignored.
     proc = subprocess.Popen([*HASHLAB, "session", str(HOST_SCENARIO), "--out",
                              str(tmp_path / "out"), "--", "sleep", "600"],
-                            stderr=subprocess.PIPE, text=True, cwd=REPO)
+                            stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     deadline = time.monotonic() + 600
     for line in proc.stderr:
