@@ -89,7 +89,7 @@ DESIGNS: tuple[Design, ...] = (
     Design("tunrss", "the series' later way: tun hashes itself, set by ioctls",
            "tunrss", hash_report_with_vhost=True, behaviour="spec", cache_kind="kernel-tunrss",
            qemu_patches=tuple(sorted(_QEMU_COMMON + (11,))), hasher="tun", mechanism="tun",
-           tunnel_kernel_patches=(8,), tunnel_qemu_patches=(15, 16),
+           tunnel_kernel_patches=(8, 9), tunnel_qemu_patches=(15, 16),
            privileges="none beyond the tap fd QEMU already holds (two ioctls on it); "
            "a passed tap fd works as it is"),
 )

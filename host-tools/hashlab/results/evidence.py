@@ -213,7 +213,8 @@ def spec_growth(growth: dict[str, dict] | None) -> dict | None:
             "rows": [{"design": d, **c} for d, c in growth.items()],
             "note": "counted over the patches that implement it; the eBPF designs' QEMU "
                     "patches are the program (14) and the device (15), tunrss's the "
-                    "device and tun's interface (15, 16)"}
+                    "device and tun's interface (15, 16), its kernel patches tun's code "
+                    "and UAPI (8) and their kselftest (9)"}
 
 
 def build(compare_doc: dict, program: dict | None = None, datapath: dict | None = None,

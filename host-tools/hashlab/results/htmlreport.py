@@ -231,9 +231,12 @@ def _growth_md(doc: dict) -> list[str]:
     if not g:
         return []
     return ["## When the spec grows: " + g["feature"], "",
-            md_table(["design", "kernel lines", "new UAPI items", "QEMU patches",
-                      "QEMU C lines", "QEMU eBPF lines", "a running host needs a new kernel"],
-                     [[r["design"], _lines(r["kernel_lines"]), len(r["uapi"]),
+            md_table(["design", "kernel patches", "kernel lines", "kselftest lines",
+                      "new UAPI items", "QEMU patches", "QEMU C lines", "QEMU eBPF lines",
+                      "a running host needs a new kernel"],
+                     [[r["design"], ",".join(str(n) for n in r["kernel_patches"]) or "none",
+                       _lines(r["kernel_lines"]), _lines(r.get("selftest_lines", (0, 0))),
+                       len(r["uapi"]),
                        ",".join(str(n) for n in r["qemu_patches"]),
                        _lines(r["qemu_c_lines"]), _lines(r["qemu_ebpf_lines"]),
                        "yes" if r["new_kernel"] else "no"] for r in g["rows"]]),

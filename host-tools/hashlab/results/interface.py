@@ -171,7 +171,7 @@ def design_costs() -> dict[str, dict]:
 def tunnel_costs() -> dict[str, dict]:
     """Per design with a series: what the inner header hash (VIRTIO_NET_F_HASH_TUNNEL)
     cost it, counted from the patches that implement it (``Design.tunnel_*_patches``):
-    kernel lines and UAPI items, QEMU C and eBPF lines, and whether a running host needs
+    kernel lines, kselftest lines and UAPI items, QEMU C and eBPF lines, and whether a running host needs
     a new kernel for its guests to get the feature."""
     out = {}
     for d in designs.with_series():
@@ -181,7 +181,8 @@ def tunnel_costs() -> dict[str, dict]:
         out[d.name] = {
             "kernel_patches": list(d.tunnel_kernel_patches),
             "kernel_patches_found": k.patches,
-            "kernel_lines": list(k.kernel), "uapi": k.uapi,
+            "kernel_lines": list(k.kernel), "selftest_lines": list(k.selftests),
+            "uapi": k.uapi,
             "qemu_patches": list(d.tunnel_qemu_patches), "qemu_c_lines": list(q.c),
             "qemu_ebpf_lines": list(q.ebpf),
             "new_kernel": bool(d.tunnel_kernel_patches),
