@@ -88,7 +88,8 @@ async def test_run_retry_json(tmp_path, monkeypatch):
     res = await run_scenario(F.scenario("vhost"), out, echo=msgs.append, attempts=2)
     check_golden("run-retry", out, res)
     assert (out / "qemu.run1.log").exists() and (out / "qemu.attempt1.log").exists()
-    assert any("run 1 failed" in m for m in msgs)
+    said = next(m for m in msgs if "run 1 failed" in m)
+    assert f"its VM log: {out / 'qemu.run1.log'};" in said  # the kept log, its whole path
     assert_cleaned_up()
 
 

@@ -237,8 +237,10 @@ def fixture(design: str = designs.DEFAULT) -> Path:
             src = dest / "linux"
             logfile = dest / "make.log"
             K.unpack(tarball, src, logfile)
+            # -f: Debian's linux-source ships a .gitignore whose "/*" (its packaging's
+            # rule) ignores every top-level entry: a plain add commits nothing.
             for args, label in ((["init", "-q", "-b", "pristine"], "git init"),
-                                (["add", "-A"], "git add"),
+                                (["add", "-A", "-f"], "git add"),
                                 (["commit", "-q", "-m", f"{pkg} {version}"], "git commit")):
                 K.run(["git", "-C", str(src), *args], logfile, label, env=env)
             if patches:

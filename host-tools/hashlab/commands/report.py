@@ -72,7 +72,8 @@ def _run(args) -> int:
         phases = _load(args.phases) or {}
         extra = {"commit": _commit(), "versions": _versions(),
                  "reproduce": "git clone <hashlab> && cd hashlab && scripts/demo",
-                 "phases": phases.get("seconds", {})}
+                 "phases": phases.get("seconds", {}),
+                 "phases_total": phases.get("total_seconds")}
         doc = evidence.build(_load(args.compare), _load(args.program), _load(args.datapath),
                              interface.design_costs(), extra, interface.tunnel_costs())
     paths = htmlreport.write_reports(doc, out)

@@ -287,10 +287,13 @@ def markdown(doc: dict, chart=None) -> str:
     lines += ["## Rows", ""]
     lines += [f"* `{r.id}`: {M.verdict(r)}" + (f" (results: `{r.results_dir}`)"
                                                 if r.results_dir else "") for r in rows]
+    # The demo's phases, then the comparison's own parts (its "total" is the comparison's).
     phases = m.get("phases") or {}
-    lines += ["", "## Wall time", "",
-              md_table(["phase", "seconds"], [[k, f"{v:.0f}"] for k, v in
-                                              {**phases, **t}.items()]), ""]
+    timed = [[k, f"{v:.0f}"] for k, v in phases.items()]
+    if m.get("phases_total") is not None:
+        timed.append(["demo, until the report", f"{m['phases_total']:.0f}"])
+    timed += [[f"comparison: {'all' if k == 'total' else k}", f"{v:.0f}"] for k, v in t.items()]
+    lines += ["", "## Wall time", "", md_table(["phase", "seconds"], timed), ""]
     return "\n".join(lines) + "\n"
 
 
