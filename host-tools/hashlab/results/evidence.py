@@ -115,6 +115,8 @@ def datapath_cost(dp: dict | None) -> dict | None:
             "x_stock_vhost": round(cpu / stock, 2) if cpu and stock else None,
             "qemu_peak_rss_mib": round(r["qemu_peak_rss_kib"] / 1024, 1)
             if r.get("qemu_peak_rss_kib") else None,
+            # lab VMs whose nested guest was lost and that were booted again for the row
+            "lab_vm_retries": len(r.get("lab_failures") or []),
         })
     return {"rows": out, "wrong_records": dp.get("wrong_records"), "ok": dp.get("ok"),
             "note": "host CPU per frame = vhost worker + QEMU's own threads (no vCPU), "

@@ -185,14 +185,15 @@ def _cost_md(doc: dict, chart) -> list[str]:
         out += ["### Host CPU per frame through each datapath (lab VM, fixed rate)", "",
                 md_table(["datapath", "design", "vhost", "hash report", "host CPU µs/frame",
                           "rounds' range", "x userspace", "x stock vhost", "QEMU peak RSS",
-                          "wrong records"],
+                          "wrong records", "lab VM retries"],
                          [[r["scenario"], r["design"], "on" if r["vhost"] else "off",
                            "yes" if r["hash_report"] else "no",
                            r["host_cpu_us_per_frame"] if r["host_cpu_us_per_frame"] is not None
                            else "—", f"{r['low']}–{r['high']}" if r["rounds"] else "—",
                            r["x_userspace"] or "—", r["x_stock_vhost"] or "—",
                            f"{r['qemu_peak_rss_mib']} MiB" if r["qemu_peak_rss_mib"] else "—",
-                           r["wrong"] if r["wrong"] is not None else "—"]
+                           r["wrong"] if r["wrong"] is not None else "—",
+                           r.get("lab_vm_retries", "—")]
                           for r in dp["rows"]]),
                 "", f"{dp['note']}.", "", chart("cost-datapath", "host CPU per frame"), ""]
     else:
