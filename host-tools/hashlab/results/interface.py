@@ -171,8 +171,8 @@ def design_costs() -> dict[str, dict]:
 def tunnel_costs() -> dict[str, dict]:
     """Per design with a series: what the inner header hash (VIRTIO_NET_F_HASH_TUNNEL)
     cost it, counted from the patches that implement it (``Design.tunnel_*_patches``):
-    kernel lines, kselftest lines and UAPI items, QEMU C and eBPF lines, and whether a running host needs
-    a new kernel for its guests to get the feature."""
+    kernel lines, kselftest lines and UAPI items, QEMU C and eBPF lines, and whether a
+    running host needs a new kernel for its guests to get the feature."""
     out = {}
     for d in designs.with_series():
         by_no = {int(p.name[:4]): p for p in series_patches(d.series_dir)}

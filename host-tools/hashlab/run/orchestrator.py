@@ -58,8 +58,8 @@ async def run_scenario(sc: Scenario, out_dir: Path | None = None, kernel: str | 
             first = str(e).splitlines()[0]
             failures.append(Retry(attempt=attempt, error=f"{type(e).__name__}: {first}",
                                   log=str(kept)))
-            # The error names qemu.log, which is now the kept copy: print that path whole.
-            what = first.split("; log: ")[0]
+            # The error's own log path is qemu.log, now renamed: name the kept copy.
+            what = f"VM {e.what}: {e.detail}" if e.what else e.detail
             echo(f"hashlab: {sc.name}: run {attempt} failed ({what[:160]}); its VM log: "
                  f"{kept}; running it again")
             retries.record("run", f"{sc.name}: {type(e).__name__}: {first}")
