@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 
 import pytest
 
@@ -79,3 +80,17 @@ def test_qemu_variants_cut_the_series_before_the_kfunc_patch():
     assert not any("kfunc" in Q._subject(p) for p in old)
     with pytest.raises(UsageError, match="unknown QEMU variant"):
         Q.patch_files(variant="nope")
+
+
+def test_qemu_build_python_without_meson_is_a_missing_tool(tmp_path, monkeypatch):
+    """QEMU configures with Debian's python; one without meson is named with the fix,
+    before an hour of kernel builds reaches configure."""
+    from hashlab.errors import MissingToolError
+
+    assert Q.build_python().startswith(f"{Q.BUILD_PYTHON} 3.")
+    subprocess.run([Q.BUILD_PYTHON, "-m", "venv", "--without-pip", str(tmp_path / "bare")],
+                   check=True)
+    monkeypatch.setattr(Q, "BUILD_PYTHON", str(tmp_path / "bare" / "bin" / "python3"))
+    with pytest.raises(MissingToolError, match=r"meson >= 1\.5 .* which has no meson: "
+                                               r"apt-get install -t bookworm-backports meson"):
+        Q.build_python()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -28,9 +29,35 @@ def entry():
         pytest.fail("patched QEMU is not built: run scripts/build-qemu")
     targets = [f"tests/qtest/{t}" for t in QTESTS]
     r = subprocess.run(["nice", "-n", "10", "ninja", "-C", str(e / "build"), *targets],
-                       check=True, capture_output=True, text=True)
-    (e / "qtests-build.log").write_text(r.stdout + r.stderr)
+                       capture_output=True, text=True)
+    log = e / "qtests-build.log"
+    log.write_text(r.stdout + r.stderr)
+    if r.returncode:
+        tail = "\n".join((r.stdout + r.stderr).splitlines()[-15:])
+        pytest.fail(f"building the qtests failed (status {r.returncode}); log: {log}\n{tail}")
     return e
+
+
+def test_meson_tree_needs_nothing_from_a_checkout():
+    """The cached meson tree outlives the checkout that built it, and qtests rebuild in it:
+    its pyvenv must rest on Debian's python and meson, not on a checkout's .venv (one
+    built from a CI clone broke every qtest once the clone was gone)."""
+    from hashlab.build.qemu import BUILD_PYTHON
+
+    e = find_qemu_entry()
+    if e is None:
+        pytest.fail("patched QEMU is not built: run scripts/build-qemu")
+    venv = (e / "build" / "pyvenv").resolve()
+    cfg = dict(line.split(" = ", 1) for line in
+               (venv / "pyvenv.cfg").read_text().splitlines() if " = " in line)
+    assert cfg["home"] == os.path.dirname(BUILD_PYTHON), cfg
+    assert cfg.get("include-system-site-packages") == "true", cfg
+    for pth in venv.glob("lib/python3*/site-packages/*.pth"):
+        for line in pth.read_text().splitlines():
+            assert not line.startswith("/") or Path(line).is_relative_to("/usr"), \
+                f"{pth}: {line}"
+    r = subprocess.run([str(venv / "bin" / "meson"), "--version"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
 
 
 def _series_files() -> set[str]:

@@ -57,10 +57,15 @@ from .steps import run_step
 from ..errors import BuildError, HashlabError, MissingToolError, UsageError
 from ..paths import QEMU_DIR, cache_root, versions
 
-RECIPE_VERSION = "qemu-recipe-2"
+RECIPE_VERSION = "qemu-recipe-3"
 PATCH_DIR = QEMU_DIR / "patches"
 PROGRESS_SECONDS = 10.0
 CLANG = "clang-19"
+# Debian's python3 with Debian's meson (bookworm-backports): QEMU's configure bases its
+# build/pyvenv on this python, and qtests rebuild in that tree later, so it must not be a
+# checkout's .venv that goes away with the checkout (CI on 2026-12-07 hit exactly that).
+BUILD_PYTHON = "/usr/bin/python3"
+MESON_MIN = (1, 5)
 LLVM_STRIP = "llvm-strip-19"
 SOURCE_DIRS = ("sources", "dev")  # under the cache root; downloads go to the first
 
@@ -187,6 +192,21 @@ def source_package(download: bool = True) -> Path:
     return dsc
 
 
+def build_python() -> str:
+    """BUILD_PYTHON and its meson's version, checked against QEMU's minimum."""
+    r = subprocess.run([BUILD_PYTHON, "-c", "import platform; print(platform.python_version()); "
+                        "import mesonbuild.coredata as c; print(c.version)"],
+                       capture_output=True, text=True)
+    py, _, found = r.stdout.strip().partition("\n")
+    nums = tuple(int(n) for n in re.findall(r"\d+", found)[:2])
+    if r.returncode or nums < MESON_MIN:
+        have = f"meson {found}" if found else "no meson"
+        raise MissingToolError(
+            f"QEMU needs meson >= {'.'.join(map(str, MESON_MIN))} for {BUILD_PYTHON}, which has "
+            f"{have}: apt-get install -t bookworm-backports meson (scripts/setup does)")
+    return f"{BUILD_PYTHON} {py} meson {found}"
+
+
 def _tool_version(cmd: list[str]) -> str:
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
@@ -262,6 +282,7 @@ def input_key(tc: BpfToolchain, dsc: Path, variant: str = DEFAULT_VARIANT) -> In
         key.add_text(name, value)
     key.add_text("cc", _tool_version(["gcc", "--version"]))
     key.add_text("clang", _tool_version([CLANG, "--version"]))
+    key.add_text("python", build_python())
     key.add_text("configure", " ".join(CONFIGURE_ARGS))
     return key
 
@@ -423,7 +444,7 @@ def _static_libbpf_pc(tc: BpfToolchain, dest: Path) -> Path:
 def _env(entry: Path, tc: BpfToolchain) -> dict[str, str]:
     env = {
         # ccache through its masquerade directory; QEMU's configure runs plain `cc`.
-        "PATH": "/usr/lib/ccache:" + os.path.dirname(sys.executable) + ":" + os.environ["PATH"],
+        "PATH": "/usr/lib/ccache:" + os.environ["PATH"],
         "CCACHE_DIR": str(cache_root() / "ccache-qemu"),
         # Meson uses paths relative to the build dir: hits across entries and the dev tree.
         "CCACHE_BASEDIR": str(cache_root()),
@@ -437,12 +458,8 @@ def _env(entry: Path, tc: BpfToolchain) -> dict[str, str]:
 
 def configure(src: Path, build: Path, env: dict[str, str], logfile: Path, nice: int) -> None:
     build.mkdir()
-    try:
-        import mesonbuild  # noqa: F401  (QEMU's configure needs meson >= 1.5 in its python)
-    except ImportError:
-        raise MissingToolError(f"meson is not installed for {sys.executable}: "
-                               f"{sys.executable} -m pip install meson==1.8.3")
-    run(["../configure", f"--python={sys.executable}", *CONFIGURE_ARGS], logfile,
+    build_python()
+    run(["../configure", f"--python={BUILD_PYTHON}", *CONFIGURE_ARGS], logfile,
         "configure", cwd=build, env=env, nice=nice)
     text = (build / "meson-logs" / "meson-log.txt").read_text(errors="replace")
     if not re.search(r"bpf support\s*:\s*YES", text):
