@@ -143,3 +143,40 @@ def test_one_qemu_names_each_designs_mechanism(private_tmp):
     assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-2000:]}"
     for d in designs.with_series():
         assert f"{d.name:10} {d.mechanism:24} {d.mechanism:24} yes" in r.stdout
+
+
+@pytest.mark.labvm
+@pytest.mark.timeout(1200)
+def test_qmp_shell_here_on_a_lab_guest(private_tmp, tmp_path):
+    """A lab scenario without a command: qmp-shell on this machine's stdin, the guest's
+    QEMU in the lab VM, QMP relayed over a virtio-serial port.  The end of the shell's
+    input ends the session; the relay's socket directory and ready file go with it."""
+    from hashlab import designs
+    from hashlab.host import hashquery
+
+    out = tmp_path / "out"
+    r = subprocess.run(
+        [*HASHLAB, "session", str(SCENARIOS_DIR / "lab-vhost.yaml"), "--out", str(out)],
+        input="query-status\nx-query-virtio-net-hash path=/machine/peripheral/nic0\n",
+        capture_output=True, text=True, timeout=1100, cwd=REPO)
+    assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    assert "qmp-shell on the guest's QEMU, through the lab VM" in r.stderr
+    answers = [json.loads(ln[ln.index("{"):]) for ln in r.stdout.splitlines()
+               if '{"return"' in ln]
+    assert len(answers) == 2, r.stdout[-3000:]
+    assert answers[0]["return"]["status"] == "running"
+    dev = answers[1]["return"]
+    assert hashquery.label(dev["mechanism"], dev.get("ebpf-program")) == \
+        designs.get(designs.DEFAULT).mechanism, dev
+    assert "qmp-relay: the shell on the host closed the connection" in r.stdout + r.stderr
+    assert not (out / "qmp-relay.ready").exists()
+    assert_nothing_left(private_tmp)
+    assert not [p for p in qemu_pids("virtme-ng") if str(private_tmp) in _cmdline(p)], \
+        "the lab VM was left running"
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""

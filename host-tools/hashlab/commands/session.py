@@ -2,7 +2,8 @@
 
 The guest boots and is configured as the scenario says (in the lab VM when the scenario
 says ``where: lab``), then the user gets it: without CMD an interactive ``qmp-shell`` on
-its QEMU; with CMD, CMD runs with the session's sockets in its environment
+its QEMU (for a lab scenario, on this machine's terminal through a relay in the lab VM,
+hashlab.host.qmp_relay); with CMD, CMD runs with the session's sockets in its environment
 (hashlab.run.session) and its exit status is the session's.  When CMD or the shell ends,
 or on Ctrl-C, the guest, its tap and the session directory are removed.
 """
@@ -25,7 +26,7 @@ def register(sub):
         description="Boot the scenario's guest (in the lab VM for where: lab), configure "
         "it as the scenario says, check it as a run does (negotiation, vhost, QEMU's "
         "x-query-virtio-net-hash), then hand it over: without CMD, qmp-shell on its "
-        "QEMU (not in the lab VM, which has no terminal); with CMD, run CMD with "
+        "QEMU (for where: lab, here, relayed through the lab VM); with CMD, run CMD with "
         "HASHLAB_SESSION (session.json), HASHLAB_QMP_SOCKET and HASHLAB_SESSION_SOCKET "
         "set (hashlab.scripting reads them).  Exits with CMD's status; 1 when a check "
         "failed (unless --ignore-checks); everything is torn down at the end.",
@@ -75,11 +76,13 @@ def _run(args) -> int:
 
 def _split_command(args) -> list[str]:
     """CMD from what follows the scenario: options given after it (``SCENARIO --design
-    kfunc -- CMD``) are parsed as options; the command is what follows ``--``."""
+    kfunc -- CMD``, or ``SCENARIO --design kfunc`` for the shell) are parsed as options;
+    the command is what follows ``--``."""
     rest = list(args.cmd)
     if "--" not in rest:
-        if rest and rest[0].startswith("-"):
-            args.parser.error(f"unknown option {rest[0]} (a command goes after --)")
+        if rest and rest[0].startswith("-"):  # options only: the shell
+            args.parser.parse_args([*rest, args.scenario], namespace=args)
+            return []
         return rest
     i = rest.index("--")
     if i:
@@ -88,18 +91,18 @@ def _split_command(args) -> list[str]:
 
 
 def _in_lab(args, sc, cmd: list[str]) -> int:
-    from ..errors import UsageError
-    from ..host import datapath
+    from ..host import datapath, qmp_relay
     from ..paths import results_root
 
-    if not cmd:
-        raise UsageError(f"{sc.name} runs in the lab VM, which gives no terminal for "
-                         "qmp-shell: pass a command (hashlab session SCENARIO -- CMD), or "
-                         "pipe QMP commands: -- sh -c 'qmp-shell $HASHLAB_QMP_SOCKET < cmds'")
     out = Path(args.out).resolve() if args.out else (results_root() / sc.name / "session")
     out.mkdir(parents=True, exist_ok=True)
     _, env = datapath.prepare_lab({args.kernel or sc.guest.kernel}, {sc.corpus.seed}, out,
                                   {sc.datapath.qemu})
+    shell = None
+    if not cmd:  # qmp-shell here, the guest's QEMU there: a relay over a virtio-serial port
+        shell = _RelayedShell(out)
+        cmd = [sys.executable, "-m", "hashlab.host.qmp_relay",
+               "--port", str(qmp_relay.PORT), "--ready", str(shell.ready)]
     # The lab VM runs CMD from the checkout: paths that exist here are made absolute.
     cmd = [str(Path(c).resolve()) if not Path(c).is_absolute() and Path(c).exists() else c
            for c in cmd]
@@ -112,12 +115,76 @@ def _in_lab(args, sc, cmd: list[str]) -> int:
         argv.append("--ignore-checks")
     argv += ["--", *cmd]
     _echo(f"hashlab session: booting the lab VM ({sc.datapath.design} kernel) for {sc.name}")
-    res = datapath.run_in_lab(argv, env, args.lab_timeout, _echo, design=sc.datapath.design,
-                              writes=[out, Path.cwd()],
-                              reads=[Path(args.scenario).resolve().parent])
+    try:
+        if shell:
+            shell.start()
+        res = datapath.run_in_lab(argv, env, args.lab_timeout, _echo, design=sc.datapath.design,
+                                  writes=[out, Path.cwd()],
+                                  reads=[Path(args.scenario).resolve().parent],
+                                  qemu_opts=qmp_relay.qemu_opts(shell.socket) if shell else ())
+    finally:
+        if shell:
+            shell.stop()
     _echo(f"hashlab session: lab VM done in {res.seconds:.0f}s, status {res.status}; "
           f"console log: {res.log}")
+    if shell and shell.status not in (None, 0):
+        _echo(f"hashlab session: qmp-shell exited with status {shell.status}")
+        return shell.status
     return res.status
+
+
+class _RelayedShell:
+    """qmp-shell on the host end of the lab VM's relay port, started once the relay in the
+    lab VM has both ends open (its ready file); the lab VM runs in the main thread, so
+    Ctrl-C stops it as it stops any lab run, and this shell with it."""
+
+    def __init__(self, out: Path):
+        import tempfile
+
+        self.dir = Path(tempfile.mkdtemp(prefix="hashlab-qmp-"))
+        self.socket = self.dir / "qmp.sock"
+        self.ready = out / "qmp-relay.ready"
+        self.ready.unlink(missing_ok=True)
+        self.status: int | None = None
+        self._proc = None
+        self._stop = None
+        self._thread = None
+
+    def start(self) -> None:
+        import threading
+
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import subprocess
+
+        from ..run import session as S
+
+        while not self.ready.exists():
+            if self._stop.wait(0.5):
+                return
+        _echo(f"hashlab session: qmp-shell on the guest's QEMU, through the lab VM ({self.socket}"
+              "); end it (Ctrl-D) to end the session")
+        self._proc = subprocess.Popen([*S.qmp_shell(), str(self.socket)])
+        self.status = self._proc.wait()
+
+    def stop(self) -> None:
+        import shutil
+        import subprocess
+
+        self._stop.set()
+        if self._proc and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._thread.join(10)
+        self.ready.unlink(missing_ok=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 async def _here(args, sc, cmd: list[str]) -> int:

@@ -301,7 +301,7 @@ def hashlab_argv(*args: str) -> list[str]:
 
 
 def run_in_lab(argv: list[str], env: dict[str, str], timeout: float, echo=print,
-               design: str = designs.DEFAULT, writes=(), reads=(), expect=()):
+               design: str = designs.DEFAULT, writes=(), reads=(), expect=(), qemu_opts=()):
     """Run ARGV in one lab VM boot of DESIGN's kernel with the build cache visible;
     returns lab.LabResult.  WRITES, READS, EXPECT: as for ``lab.run`` (what it writes
     and reads outside the checkout, and the files it must leave on the host).
@@ -314,7 +314,7 @@ def run_in_lab(argv: list[str], env: dict[str, str], timeout: float, echo=print,
         raise MissingToolError(kernel_not_built(design))
     cpus = int(os.environ.get("HASHLAB_LAB_CPUS", LAB_CPUS))
     res = lab.run(argv, kernel=kernel, design=design, timeout=timeout, cwd=REPO, env=env,
-                  cpus=cpus, writes=writes, reads=reads, expect=expect)
+                  cpus=cpus, writes=writes, reads=reads, expect=expect, qemu_opts=qemu_opts)
     for o in res.oopses:
         echo(f"hashlab: kernel warning in the lab VM: {o}")
     return res

@@ -239,6 +239,7 @@ def run(
     log: Path | None = None,
     append: list[str] = (),
     accel: str = "tcg",
+    qemu_opts: Sequence[str] = (),
 ) -> LabResult:
     """Boot the lab VM, run ``command`` as root in it, return its exit status.
 
@@ -253,6 +254,7 @@ def run(
     DESIGN (``hashlab.designs``) names what KERNEL is, for the command
     (``HASHLAB_LAB_DESIGN``); without a KERNEL, its cached kernel boots (default
     ``progtype``).  A KERNEL without a DESIGN is left for the command to probe.
+    QEMU_OPTS go to the lab VM's QEMU as they are (e.g. ``qmp_relay.qemu_opts()``).
     """
     if design is not None:
         design = designs.get(design).name
@@ -302,6 +304,8 @@ def run(
         argv += ["--rodir", str(d)]
     for a in (*LAB_KERNEL_ARGS, *append):
         argv += ["--append", a]
+    for o in qemu_opts:
+        argv.append(f"--qemu-opt={o}")  # "=": the values start with "-"
     # The command goes in a file next to the log (the cache is shared with the lab VM),
     # not on the command line: virtme-ng passes its script on the kernel command line,
     # which is cut at 2048 bytes (seen: a long environment made init a garbled path).
