@@ -62,3 +62,36 @@ def test_split_balances_by_time_then_count(tmp_path):
     # tests) and test_fast (1 s) join the 60
     assert shard.split(mods, 2, times) == [["test_slow.py"],
                                            ["test_mid.py", "test_new.py", "test_fast.py"]]
+
+
+def test_scripts_test_gives_each_shard_the_whole_lab_command(tmp_path):
+    """scripts/test -n 2's own lab_tier and lab_shards, run by bash with `hashlab` a script
+    that prints its argv: each shard's argv parses with hashlab's real CLI as
+    `hashlab lab ... -- env ... pytest ... --shard K/2 ...`.  (The lab command's own `--`
+    once cut it short, and `-n 2` never reached pytest.)"""
+    from hashlab.cli import build_parser
+
+    script = (TESTS.parent.parent / "scripts" / "test").read_text()
+    funcs = "\n".join(script[script.index(f"\n{f}() {{") :].split("\n}\n", 1)[0] + "\n}"
+                      for f in ("lab_tier", "lab_shards"))
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    fake = tmp_path / ".venv" / "bin" / "hashlab"
+    fake.write_text("#!/bin/sh\nprintf '%s\\n' \"$@\" > \"argv.$$\"\n")
+    fake.chmod(0o755)
+    (tmp_path / "results").mkdir()
+    bash = (f"{funcs}\nworkers=2; rc=0; ran=(); top={tmp_path}; times_dir={tmp_path}/times\n"
+            "retry_log() { :; }\nlab_tier lab-x tunrss lab_tunrss -k some\necho rc=$rc\n")
+    r = subprocess.run(["bash", "-c", bash], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and "rc=0" in r.stdout, r.stdout + r.stderr
+    argvs = sorted(p.read_text().splitlines() for p in tmp_path.glob("argv.*"))
+    assert len(argvs) == 2, r.stdout + r.stderr
+    for k, argv in enumerate(argvs, 1):
+        ns = build_parser().parse_args(argv)
+        assert ns.design == "tunrss" and ns.fail_on_warning
+        cmd = ns.cmd[1:] if ns.cmd[:1] == ["--"] else ns.cmd
+        assert cmd[:2] == ["env", "HASHLAB_IN_LAB=1"] and cmd[2].endswith("pytest")
+        i = cmd.index("--shard")
+        assert cmd[i + 1] in ("1/2", "2/2")
+        assert "-k" in cmd and f"--junitxml=results/junit-lab-x.shard-{cmd[i + 1][0]}-of-2.xml" in cmd
+    assert {a[a.index("--shard") + 1] for a in argvs} == {"1/2", "2/2"}
