@@ -80,18 +80,34 @@ def test_scripts_test_gives_each_shard_the_whole_lab_command(tmp_path):
     fake.chmod(0o755)
     (tmp_path / "results").mkdir()
     bash = (f"{funcs}\nworkers=2; rc=0; ran=(); top={tmp_path}; times_dir={tmp_path}/times\n"
-            "retry_log() { :; }\nlab_tier lab-x tunrss lab_tunrss -k some\necho rc=$rc\n")
+            "retry_log() { :; }\nlab_tier lab-x tunrss lab_tunrss -k 'some or not some'\necho rc=$rc\n")
     r = subprocess.run(["bash", "-c", bash], cwd=tmp_path, capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0 and "rc=0" in r.stdout, r.stdout + r.stderr
     argvs = sorted(p.read_text().splitlines() for p in tmp_path.glob("argv.*"))
     assert len(argvs) == 2, r.stdout + r.stderr
-    for k, argv in enumerate(argvs, 1):
+    parts = []
+    for argv in argvs:
         ns = build_parser().parse_args(argv)
         assert ns.design == "tunrss" and ns.fail_on_warning
         cmd = ns.cmd[1:] if ns.cmd[:1] == ["--"] else ns.cmd
         assert cmd[:2] == ["env", "HASHLAB_IN_LAB=1"] and cmd[2].endswith("pytest")
-        i = cmd.index("--shard")
-        assert cmd[i + 1] in ("1/2", "2/2")
-        assert "-k" in cmd and f"--junitxml=results/junit-lab-x.shard-{cmd[i + 1][0]}-of-2.xml" in cmd
-    assert {a[a.index("--shard") + 1] for a in argvs} == {"1/2", "2/2"}
+        spec = next(a.split("=", 1)[1] for a in cmd if a.startswith("--shard="))
+        assert f"--junitxml=results/junit-lab-x.shard-{spec[0]}-of-2.xml" in cmd
+        # pytest itself, from the checkout as the lab VM runs it (no test path given)
+        args = [a for a in cmd[3:] if not a.startswith("--junitxml")]
+        out = subprocess.run([sys.executable, "-m", "pytest", *args, "--collect-only", "-q"],
+                             capture_output=True, text=True, timeout=300,
+                             cwd=TESTS.parent.parent)
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+        parts.append({ln for ln in out.stdout.splitlines() if "::" in ln})
+    assert parts[0] and parts[1] and not parts[0] & parts[1]
+    assert parts[0] | parts[1] == set(collected_tier("lab_tunrss", "-k", "some or not some"))
+
+
+def collected_tier(mark: str, *args: str) -> list[str]:
+    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p",
+                          "no:cacheprovider", "-m", mark, *args],
+                         capture_output=True, text=True, timeout=300, cwd=TESTS.parent.parent)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    return [line for line in out.stdout.splitlines() if "::" in line]
