@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
+import subprocess
 import sys
+import tempfile
+import threading
 from pathlib import Path
 
 from .. import designs
@@ -139,8 +143,6 @@ class _RelayedShell:
     Ctrl-C stops it as it stops any lab run, and this shell with it."""
 
     def __init__(self, out: Path):
-        import tempfile
-
         self.dir = Path(tempfile.mkdtemp(prefix="hashlab-qmp-"))
         self.socket = self.dir / "qmp.sock"
         self.ready = out / "qmp-relay.ready"
@@ -151,15 +153,11 @@ class _RelayedShell:
         self._thread = None
 
     def start(self) -> None:
-        import threading
-
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        import subprocess
-
         from ..run import session as S
 
         while not self.ready.exists():
@@ -171,9 +169,6 @@ class _RelayedShell:
         self.status = self._proc.wait()
 
     def stop(self) -> None:
-        import shutil
-        import subprocess
-
         self._stop.set()
         if self._proc and self._proc.poll() is None:
             self._proc.terminate()

@@ -67,7 +67,6 @@ def relay(port: int, qmp: socket.socket) -> str:
     """Pump bytes both ways until one side ends; which one it was."""
     while not _host_connected(port):  # QEMU's greeting must wait for a reader
         time.sleep(0.2)
-    qmp.setblocking(True)
     p = select.poll()
     p.register(port, select.POLLIN)
     p.register(qmp.fileno(), select.POLLIN)
